@@ -1,0 +1,159 @@
+package peerdb
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// PutEndpoint publishes e, replacing any earlier record of it.
+func (s *Store) PutEndpoint(ctx context.Context, e Endpoint) error {
+	cli, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	val, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, s.endpointKey(e.Key()), string(val))
+	return s.wrap("publish endpoint "+e.EID, err)
+}
+
+// DeleteEndpoint withdraws the record of k. An unknown record is done.
+func (s *Store) DeleteEndpoint(ctx context.Context, k Key) error {
+	cli, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Delete(ctx, s.endpointKey(k))
+	return s.wrap("withdraw endpoint "+k.EID, err)
+}
+
+// Endpoints lists the endpoint records of network nid.
+func (s *Store) Endpoints(ctx context.Context, nid string) ([]Endpoint, error) {
+	cli, err := s.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.Get(ctx, s.networkEndpointsPrefix(nid), clientv3.WithPrefix())
+	if err != nil {
+		return nil, s.wrap("list endpoints of "+nid, err)
+	}
+	return s.decodeEndpoints(resp.Kvs), nil
+}
+
+// PutNode publishes the record of this node.
+func (s *Store) PutNode(ctx context.Context, n Node) error {
+	cli, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	val, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, s.nodeKey(n.Name), string(val))
+	return s.wrap("publish node "+n.Name, err)
+}
+
+// Update is one change to the endpoint table, in revision order.
+type Update struct {
+	// Reset says Puts is the whole table as of Revision: anything not in
+	// it is gone.
+	Reset    bool
+	Puts     []Endpoint
+	Deletes  []Key
+	Revision int64
+}
+
+// WatchEndpoints sends the endpoint table to out: first the whole table
+// (Reset), then the changes of each etcd watch response as one Update. After
+// the watch fails (lost leader, compaction) it lists and sends the whole
+// table again. Sends block until the receiver takes the update. It returns
+// when ctx ends.
+func (s *Store) WatchEndpoints(ctx context.Context, out chan<- Update) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.watchOnce(ctx, out)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.WithError(err).Warn("endpoint watch ended; listing again")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (s *Store) watchOnce(ctx context.Context, out chan<- Update) error {
+	cli, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := cli.Get(lctx, s.endpointsPrefix(), clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return s.wrap("list endpoints", err)
+	}
+	rev := resp.Header.Revision
+	if !send(ctx, out, Update{Reset: true, Puts: s.decodeEndpoints(resp.Kvs), Revision: rev}) {
+		return ctx.Err()
+	}
+	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer stop()
+	for wr := range cli.Watch(wctx, s.endpointsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch endpoints from revision %d: %w", rev+1, err)
+		}
+		u := Update{Revision: wr.Header.Revision}
+		for _, ev := range wr.Events {
+			switch ev.Type {
+			case clientv3.EventTypePut:
+				u.Puts = append(u.Puts, s.decodeEndpoints([]*mvccpb.KeyValue{ev.Kv})...)
+			case clientv3.EventTypeDelete:
+				if k, ok := s.parseEndpointKey(string(ev.Kv.Key)); ok {
+					u.Deletes = append(u.Deletes, k)
+				}
+			}
+			rev = ev.Kv.ModRevision
+		}
+		if len(u.Puts)+len(u.Deletes) > 0 && !send(ctx, out, u) {
+			return ctx.Err()
+		}
+	}
+	return fmt.Errorf("watch endpoints from revision %d: channel closed", rev+1)
+}
+
+func send(ctx context.Context, out chan<- Update, u Update) bool {
+	select {
+	case out <- u:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// decodeEndpoints decodes records, skipping (and logging) any that are bad:
+// one corrupt key must not hide the rest of the table.
+func (s *Store) decodeEndpoints(kvs []*mvccpb.KeyValue) []Endpoint {
+	out := make([]Endpoint, 0, len(kvs))
+	for _, kv := range kvs {
+		var e Endpoint
+		if err := json.Unmarshal(kv.Value, &e); err != nil {
+			s.log.WithError(err).WithField("key", string(kv.Key)).Error("skipping undecodable endpoint record")
+			continue
+		}
+		e.Revision = kv.ModRevision
+		out = append(out, e)
+	}
+	return out
+}

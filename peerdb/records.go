@@ -1,0 +1,90 @@
+package peerdb
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Network is the cluster-wide record of one vxnet network.
+type Network struct {
+	NID string `json:"nid"`
+	// VNIs holds one VNI per subnet, in the order of Subnets.
+	VNIs    []uint32          `json:"vnis"`
+	Subnets []netip.Prefix    `json:"subnets"`
+	Options map[string]string `json:"options,omitempty"`
+}
+
+// Endpoint is the cluster-wide record of one endpoint joined on some node.
+type Endpoint struct {
+	NID  string     `json:"nid"`
+	EID  string     `json:"eid"`
+	IP   netip.Addr `json:"ip"`
+	MAC  string     `json:"mac"`
+	VTEP netip.Addr `json:"vtep"`
+	Node string     `json:"node"`
+	// Revision is the etcd revision that last wrote the record; records
+	// of one endpoint are ordered by it.
+	Revision int64 `json:"-"`
+}
+
+// Key identifies an endpoint record.
+type Key struct{ NID, EID string }
+
+// Key returns the key of e.
+func (e Endpoint) Key() Key { return Key{e.NID, e.EID} }
+
+// Node is the record of one plugin instance.
+type Node struct {
+	Name        string     `json:"name"`
+	DataAddr    netip.Addr `json:"data_addr"`
+	ControlAddr netip.Addr `json:"control_addr"`
+	Started     time.Time  `json:"started"`
+}
+
+// VNIRange is an inclusive range of VNIs that allocation draws from.
+type VNIRange struct{ First, Last uint32 }
+
+// MaxVNI is the largest VNI the 24-bit field holds.
+const MaxVNI = 1<<24 - 1
+
+// ParseVNIRange parses "FIRST-LAST".
+func ParseVNIRange(s string) (VNIRange, error) {
+	a, b, ok := strings.Cut(s, "-")
+	first, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 32)
+	last, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 32)
+	if !ok || err1 != nil || err2 != nil || first < 1 || first > last || last > MaxVNI {
+		return VNIRange{}, fmt.Errorf("VNI range %q: want FIRST-LAST with 1 <= FIRST <= LAST <= %d", s, MaxVNI)
+	}
+	return VNIRange{uint32(first), uint32(last)}, nil
+}
+
+func (r VNIRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+
+// Contains reports whether vni is in r.
+func (r VNIRange) Contains(vni uint32) bool { return vni >= r.First && vni <= r.Last }
+
+// Key layout under the prefix. VNIs are zero-padded so keys sort by number.
+func (s *Store) networkKey(nid string) string { return s.prefix + "/networks/" + nid }
+func (s *Store) vniKey(vni uint32) string     { return fmt.Sprintf("%s/vnis/%08d", s.prefix, vni) }
+func (s *Store) vniPrefix() string            { return s.prefix + "/vnis/" }
+func (s *Store) endpointsPrefix() string      { return s.prefix + "/endpoints/" }
+func (s *Store) nodeKey(name string) string   { return s.prefix + "/nodes/" + name }
+func (s *Store) endpointKey(k Key) string     { return s.endpointsPrefix() + k.NID + "/" + k.EID }
+func (s *Store) networkEndpointsPrefix(nid string) string {
+	return s.endpointsPrefix() + nid + "/"
+}
+
+// parseVNIKey returns the VNI of a key made by vniKey.
+func (s *Store) parseVNIKey(key string) (uint32, bool) {
+	v, err := strconv.ParseUint(strings.TrimPrefix(key, s.vniPrefix()), 10, 32)
+	return uint32(v), err == nil
+}
+
+// parseEndpointKey returns the Key of a key made by endpointKey.
+func (s *Store) parseEndpointKey(key string) (Key, bool) {
+	nid, eid, ok := strings.Cut(strings.TrimPrefix(key, s.endpointsPrefix()), "/")
+	return Key{nid, eid}, ok && nid != "" && eid != ""
+}

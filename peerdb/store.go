@@ -1,0 +1,147 @@
+package peerdb
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Config says how to reach etcd.
+type Config struct {
+	Endpoints []string
+	// Prefix is the root of every key vxnet writes, such as "/vxnet".
+	Prefix string
+	// CAFile, CertFile and KeyFile enable TLS (CA alone: server auth only).
+	CAFile, CertFile, KeyFile string
+	Username, Password         string
+}
+
+// Store is the cluster-wide state in etcd. It connects in the background:
+// Open returns at once and calls wait for the connection up to their
+// context's deadline, so the plugin can serve Docker before etcd is up.
+type Store struct {
+	cfg    Config
+	prefix string
+	log    *logrus.Entry
+
+	ready chan struct{} // closed once cli is set
+	cli   *clientv3.Client
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+}
+
+// Open starts connecting to etcd and returns immediately.
+func Open(cfg Config, log *logrus.Entry) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("no etcd endpoints: set VXNET_ETCD_ENDPOINTS, e.g. http://192.0.2.2:2379")
+	}
+	var tlsCfg *tls.Config
+	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
+		info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+		var err error
+		if tlsCfg, err = info.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("etcd TLS files (VXNET_ETCD_CA, VXNET_ETCD_CERT, VXNET_ETCD_KEY): %w", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{
+		cfg:    cfg,
+		prefix: "/" + strings.Trim(cfg.Prefix, "/"),
+		log:    log,
+		ready:  make(chan struct{}),
+		stop:   cancel,
+	}
+	s.wg.Add(1)
+	go s.connect(ctx, tlsCfg)
+	return s, nil
+}
+
+// connect retries until it has a client or ctx ends.
+func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
+	defer s.wg.Done()
+	backoff := 200 * time.Millisecond
+	for {
+		cli, err := clientv3.New(clientv3.Config{
+			Endpoints:   s.cfg.Endpoints,
+			TLS:         tlsCfg,
+			Username:    s.cfg.Username,
+			Password:    s.cfg.Password,
+			DialTimeout: 5 * time.Second,
+			Context:     ctx,
+			Logger:      zap.NewNop(),
+		})
+		if err == nil {
+			s.cli = cli
+			close(s.ready)
+			return
+		}
+		s.log.WithError(err).Warnf("connecting to etcd at %s; retrying", strings.Join(s.cfg.Endpoints, ","))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// client waits for the etcd connection until ctx ends.
+func (s *Store) client(ctx context.Context) (*clientv3.Client, error) {
+	select {
+	case <-s.ready:
+		return s.cli, nil
+	case <-ctx.Done():
+		return nil, s.unreachable(ctx.Err())
+	}
+}
+
+// ErrUnavailable marks failures to reach etcd, as opposed to refusals.
+var ErrUnavailable = errors.New("etcd unavailable")
+
+// unreachable wraps an error of an etcd call that did not get an answer.
+func (s *Store) unreachable(err error) error {
+	return fmt.Errorf("%w: no answer from %s (%v): check VXNET_ETCD_ENDPOINTS, the etcd TLS and auth settings, and that etcd is running",
+		ErrUnavailable, strings.Join(s.cfg.Endpoints, ","), err)
+}
+
+// wrap turns the error of an etcd call into one that says what failed.
+func (s *Store) wrap(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%s: %w", what, s.unreachable(err))
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Close stops connecting and closes the client.
+func (s *Store) Close() error {
+	s.stop()
+	s.wg.Wait()
+	select {
+	case <-s.ready:
+		return s.cli.Close()
+	default:
+		return nil
+	}
+}
+
+// Healthy reports whether etcd answers a read within ctx.
+func (s *Store) Healthy(ctx context.Context) error {
+	cli, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Get(ctx, s.prefix+"/health", clientv3.WithCountOnly())
+	return s.wrap("read health key", err)
+}
