@@ -22,7 +22,7 @@ type Config struct {
 	Prefix string
 	// CAFile, CertFile and KeyFile enable TLS (CA alone: server auth only).
 	CAFile, CertFile, KeyFile string
-	Username, Password         string
+	Username, Password        string
 }
 
 // Store is the cluster-wide state in etcd. It connects in the background:
