@@ -1,0 +1,54 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoad(t *testing.T) {
+	s, err := Load("t", []string{"--vxlan-port", "4790"}, env(map[string]string{
+		"VXNET_VXLAN_PORT":     "9999",
+		"VXNET_ETCD_ENDPOINTS": "http://192.0.2.2:2379, http://192.0.2.3:2379",
+		"VXNET_NODE_NAME":      "h1",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.VXLANPort != 4790 {
+		t.Errorf("port = %d; want the flag's 4790", s.VXLANPort)
+	}
+	if got := strings.Join(s.EtcdEndpoints, " "); got != "http://192.0.2.2:2379 http://192.0.2.3:2379" {
+		t.Errorf("endpoints = %q", got)
+	}
+	if s.VNIRange.First != 16000000 || s.VNIRange.Last != 16777214 {
+		t.Errorf("VNI range = %v; want the default", s.VNIRange)
+	}
+	if s.Socket != "/run/docker/plugins/vxnet.sock" || s.EtcdPrefix != "/vxnet" || s.LogFormat != "text" {
+		t.Errorf("defaults not applied: %+v", s)
+	}
+	if s.DataAddr != "" {
+		t.Errorf("data addr = %q; want empty (worked out at start)", s.DataAddr)
+	}
+}
+
+func TestLoadRefusesBadValues(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"VXNET_VXLAN_PORT": "abc"}, "VXNET_VXLAN_PORT"},
+		{map[string]string{"VXNET_VNI_RANGE": "5-1"}, "FIRST-LAST"},
+		{map[string]string{"VXNET_VNI_RANGE": "1-16777216"}, "16777215"},
+		{map[string]string{"VXNET_LOG_FORMAT": "xml"}, "text or json"},
+		{map[string]string{"VXNET_ETCD_PREFIX": "/"}, "empty"},
+		{map[string]string{"VXNET_ETCD_CERT": "c.pem"}, "go together"},
+		{map[string]string{"VXNET_ETCD_ENDPOINTS": " , "}, "no endpoint"},
+	} {
+		_, err := Load("t", nil, env(tc.env))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Load(%v) = %v; want an error containing %q", tc.env, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,105 @@
+// Package driver owns vxnet's networks and endpoints on this node: it turns
+// Docker's lifecycle calls into etcd records and kernel state, and applies
+// the cluster's endpoint table to the kernel.
+package driver
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/peerdb"
+	"github.com/vxnet/vxnet/vxlan"
+)
+
+// DataPlane programs the kernel; vxlan.Plane is the implementation.
+type DataPlane interface {
+	EnsureNetwork(vxlan.Network) error
+	RemoveNetwork(nid string) error
+	AddEndpoint(nid string, vni uint32, name string, mac net.HardwareAddr, mtu int) error
+	RemoveEndpoint(nid, name string) error
+	AddPeers(nid string, peers []vxlan.Peer) error
+	DelPeers(nid string, peers []vxlan.Peer) error
+}
+
+// PeerStore is the cluster-wide state; peerdb.Store is the implementation.
+type PeerStore interface {
+	AllocateNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange) (peerdb.Network, error)
+	FreeNetwork(ctx context.Context, nid string) error
+	PutEndpoint(ctx context.Context, e peerdb.Endpoint) error
+	DeleteEndpoint(ctx context.Context, k peerdb.Key) error
+	WatchEndpoints(ctx context.Context, out chan<- peerdb.Update)
+}
+
+// Config is what the driver knows about its node.
+type Config struct {
+	Node     string
+	Underlay vxlan.Underlay
+	VNIRange peerdb.VNIRange
+}
+
+// Driver is the network driver of one node.
+type Driver struct {
+	cfg   Config
+	plane DataPlane
+	store PeerStore
+	log   *logrus.Entry
+
+	// mu guards networks, peers and the kernel state of every network
+	// namespace: a function that programs the kernel holds it. It is the
+	// only lock, and is never held across an etcd call.
+	mu       sync.Mutex
+	networks map[string]*network
+	peers    map[peerdb.Key]peerdb.Endpoint // the cluster's endpoint table
+
+	synced     chan struct{} // closed once peers holds a full table
+	syncedOnce sync.Once
+}
+
+// network is a network created on this node.
+type network struct {
+	nid       string
+	subnets   []vxlan.Subnet
+	mtu       int // overlay MTU
+	endpoints map[string]*endpoint
+	attached  int // endpoints with an interface; the namespace exists while > 0
+}
+
+// endpoint is an endpoint created on this node.
+type endpoint struct {
+	eid      string
+	addr     netip.Prefix // IP and subnet length
+	mac      net.HardwareAddr
+	vni      uint32
+	ifName   string
+	attached bool // joined: its interface exists and its record is published
+}
+
+// New returns a driver. Call Run to apply the cluster's peers.
+func New(cfg Config, plane DataPlane, store PeerStore, log *logrus.Entry) *Driver {
+	return &Driver{
+		cfg:      cfg,
+		plane:    plane,
+		store:    store,
+		log:      log,
+		networks: map[string]*network{},
+		peers:    map[peerdb.Key]peerdb.Endpoint{},
+		synced:   make(chan struct{}),
+	}
+}
+
+// subnetOf returns the subnet of n that holds ip.
+func (n *network) subnetOf(ip netip.Addr) (vxlan.Subnet, bool) {
+	for _, s := range n.subnets {
+		if s.Prefix.Contains(ip) {
+			return s, true
+		}
+	}
+	return vxlan.Subnet{}, false
+}
+
+func (n *network) spec() vxlan.Network {
+	return vxlan.Network{NID: n.nid, Subnets: n.subnets, MTU: n.mtu}
+}

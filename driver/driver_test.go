@@ -1,0 +1,277 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/peerdb"
+	"github.com/vxnet/vxnet/vxlan"
+)
+
+// fakePlane records what the driver asks of the kernel.
+type fakePlane struct {
+	calls []string
+	peers map[string]map[string]vxlan.Peer // nid → IP → peer
+	fail  string                           // a call name to fail
+}
+
+func (f *fakePlane) do(call string) error {
+	f.calls = append(f.calls, call)
+	if f.fail != "" && strings.HasPrefix(call, f.fail) {
+		return errors.New("injected failure")
+	}
+	return nil
+}
+func (f *fakePlane) EnsureNetwork(n vxlan.Network) error { return f.do("ensure " + n.NID) }
+func (f *fakePlane) RemoveNetwork(nid string) error {
+	delete(f.peers, nid)
+	return f.do("remove " + nid)
+}
+func (f *fakePlane) AddEndpoint(nid string, vni uint32, name string, _ net.HardwareAddr, mtu int) error {
+	return f.do(fmt.Sprintf("addep %s %d %s mtu=%d", nid, vni, name, mtu))
+}
+func (f *fakePlane) RemoveEndpoint(nid, name string) error { return f.do("rmep " + name) }
+func (f *fakePlane) AddPeers(nid string, ps []vxlan.Peer) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	if f.peers[nid] == nil {
+		f.peers[nid] = map[string]vxlan.Peer{}
+	}
+	for _, p := range ps {
+		f.peers[nid][p.IP.String()] = p
+	}
+	return f.do(fmt.Sprintf("addpeers %s %d", nid, len(ps)))
+}
+func (f *fakePlane) DelPeers(nid string, ps []vxlan.Peer) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	for _, p := range ps {
+		delete(f.peers[nid], p.IP.String())
+	}
+	return f.do(fmt.Sprintf("delpeers %s %d", nid, len(ps)))
+}
+
+// table returns the programmed peers of nid as "IP>VTEP" strings.
+func (f *fakePlane) table(nid string) string {
+	var out []string
+	for ip, p := range f.peers[nid] {
+		out = append(out, ip+">"+p.VTEP.String())
+	}
+	slices.Sort(out)
+	return strings.Join(out, " ")
+}
+
+type fakeStore struct {
+	puts, dels []string
+	failPut    bool
+}
+
+func (s *fakeStore) AllocateNetwork(_ context.Context, n peerdb.Network, want []uint32, _ peerdb.VNIRange) (peerdb.Network, error) {
+	n.VNIs = want
+	if want == nil {
+		for i := range n.Subnets {
+			n.VNIs = append(n.VNIs, uint32(16000000+i))
+		}
+	}
+	return n, nil
+}
+func (s *fakeStore) FreeNetwork(context.Context, string) error { return nil }
+func (s *fakeStore) PutEndpoint(_ context.Context, e peerdb.Endpoint) error {
+	if s.failPut {
+		return errors.New("etcd unavailable")
+	}
+	s.puts = append(s.puts, e.EID)
+	return nil
+}
+func (s *fakeStore) DeleteEndpoint(_ context.Context, k peerdb.Key) error {
+	s.dels = append(s.dels, k.EID)
+	return nil
+}
+func (s *fakeStore) WatchEndpoints(context.Context, chan<- peerdb.Update) {}
+
+var self = netip.MustParseAddr("192.0.2.11")
+
+func newTestDriver(t *testing.T) (*Driver, *fakePlane, *fakeStore) {
+	p := &fakePlane{peers: map[string]map[string]vxlan.Peer{}}
+	s := &fakeStore{}
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	d := New(Config{Node: "h1", Underlay: vxlan.Underlay{Addr: self, MTU: 1500}, VNIRange: peerdb.VNIRange{First: 1, Last: 9}},
+		p, s, logrus.NewEntry(log))
+	ctx := context.Background()
+	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "n1", Options: map[string]string{OptVNIs: "42"},
+		IPv4: []IPAMData{{Pool: "198.18.0.0/24", Gateway: "198.18.0.1/24"}}}); err != nil {
+		t.Fatal(err)
+	}
+	return d, p, s
+}
+
+func rec(eid, ip, vtep string, rev int64) peerdb.Endpoint {
+	a := netip.MustParseAddr(ip)
+	return peerdb.Endpoint{NID: "n1", EID: eid, IP: a, MAC: macFor(a).String(), VTEP: netip.MustParseAddr(vtep), Revision: rev}
+}
+
+func TestJoinProgramsKnownPeersInOneBatch(t *testing.T) {
+	d, p, s := newTestDriver(t)
+	ctx := context.Background()
+	d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
+		rec("r1", "198.18.0.5", "192.0.2.12", 1),
+		rec("r2", "198.18.0.6", "192.0.2.13", 2),
+		rec("own", "198.18.0.7", "192.0.2.11", 3), // this node's: never programmed
+	}})
+	if len(p.calls) != 0 {
+		t.Fatalf("peers programmed with no local endpoint: %v", p.calls)
+	}
+	mac, err := d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	if err != nil || mac != "02:56:c6:12:00:02" {
+		t.Fatalf("CreateEndpoint = %q, %v; want the derived MAC", mac, err)
+	}
+	res, err := d.Join(ctx, "n1", "e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SrcName != "vxee1" || len(res.Routes) != 0 {
+		t.Errorf("Join = %+v; want SrcName vxee1 and no routes", res)
+	}
+	want := []string{"ensure n1", "addpeers n1 2", "addep n1 42 vxee1 mtu=1450"}
+	if !slices.Equal(p.calls, want) {
+		t.Errorf("kernel calls = %v; want %v", p.calls, want)
+	}
+	if !slices.Equal(s.puts, []string{"e1"}) {
+		t.Errorf("published %v; want [e1]", s.puts)
+	}
+}
+
+func TestPeerUpdates(t *testing.T) {
+	d, p, _ := newTestDriver(t)
+	ctx := context.Background()
+	d.apply(peerdb.Update{Reset: true})
+	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		u    peerdb.Update
+		want string
+	}{
+		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 10)}}, "198.18.0.5>192.0.2.12"},
+		// an older record of r1 never wins
+		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.99", 9)}}, "198.18.0.5>192.0.2.12"},
+		// r1 moved host
+		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.13", 11)}}, "198.18.0.5>192.0.2.13"},
+		// r2 takes the same IP elsewhere; r1's delete must not take r2's entries
+		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r2", "198.18.0.5", "192.0.2.14", 12)}}, "198.18.0.5>192.0.2.14"},
+		{peerdb.Update{Deletes: []peerdb.Key{{NID: "n1", EID: "r1"}}}, "198.18.0.5>192.0.2.14"},
+		// a reset drops what it lacks and adds what is new
+		{peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r3", "198.18.0.8", "192.0.2.12", 20)}}, "198.18.0.8>192.0.2.12"},
+		// records for other networks or outside every subnet are ignored
+		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r4", "198.19.0.8", "192.0.2.12", 21)}}, "198.18.0.8>192.0.2.12"},
+	}
+	for i, st := range steps {
+		d.apply(st.u)
+		if got := p.table("n1"); got != st.want {
+			t.Fatalf("step %d: programmed %q; want %q", i, got, st.want)
+		}
+	}
+}
+
+func TestJoinRollsBackWhenPublishFails(t *testing.T) {
+	d, p, s := newTestDriver(t)
+	ctx := context.Background()
+	d.apply(peerdb.Update{Reset: true})
+	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	s.failPut = true
+	if _, err := d.Join(ctx, "n1", "e1"); err == nil {
+		t.Fatal("Join succeeded without publishing its endpoint")
+	}
+	if last := p.calls[len(p.calls)-1]; last != "remove n1" {
+		t.Fatalf("kernel calls = %v; want the namespace removed at the end", p.calls)
+	}
+	s.failPut = false
+	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
+		t.Fatalf("Join after the failure: %v", err)
+	}
+}
+
+func TestLeaveAndDeleteAreIdempotent(t *testing.T) {
+	d, p, s := newTestDriver(t)
+	ctx := context.Background()
+	for _, err := range []error{
+		d.Leave(ctx, "n1", "nope"), d.Leave(ctx, "nonet", "nope"),
+		d.DeleteEndpoint(ctx, "n1", "nope"), d.DeleteNetwork(ctx, "nonet"), d.FreeNetwork(ctx, "nonet"),
+	} {
+		if err != nil {
+			t.Errorf("unknown ID: %v; want success", err)
+		}
+	}
+	d.apply(peerdb.Update{Reset: true})
+	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	d.CreateEndpoint(ctx, "n1", "e2", "198.18.0.3/24", "", "02:00:00:00:00:03")
+	d.Join(ctx, "n1", "e1")
+	d.Join(ctx, "n1", "e2")
+	p.calls = nil
+	d.Leave(ctx, "n1", "e1")
+	d.Leave(ctx, "n1", "e1")
+	d.Leave(ctx, "n1", "e2")
+	want := []string{"rmep vxee1", "remove n1"}
+	if !slices.Equal(p.calls, want) {
+		t.Errorf("kernel calls = %v; want %v (namespace goes with the last leave)", p.calls, want)
+	}
+	if !slices.Equal(s.dels, []string{"e1", "e2"}) {
+		t.Errorf("withdrawn %v; want [e1 e2]", s.dels)
+	}
+}
+
+func TestCreateEndpointReturnsOnlyWhatItFilled(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	ctx := context.Background()
+	if mac, err := d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "02:aa:00:00:00:01"); err != nil || mac != "" {
+		t.Errorf("with a MAC given: %q, %v; want nothing filled in", mac, err)
+	}
+	for _, tc := range []struct{ addr, v6, want string }{
+		{"", "", "no IPv4 address"},
+		{"198.18.0.3/24", "fd00::3/64", "IPv4 only"},
+		{"198.19.0.3/24", "", "in no subnet"},
+	} {
+		if _, err := d.CreateEndpoint(ctx, "n1", "ex", tc.addr, tc.v6, ""); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CreateEndpoint(%q, %q) = %v; want %q", tc.addr, tc.v6, err, tc.want)
+		}
+	}
+}
+
+func TestNetworkOptions(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	ctx := context.Background()
+	two := []IPAMData{{Pool: "198.18.1.0/24", Gateway: "198.18.1.1/24"}, {Pool: "198.18.2.0/24", Gateway: "198.18.2.1/24"}}
+	out, err := d.AllocateNetwork(ctx, NetworkRequest{NID: "n2", Options: map[string]string{OptMTU: "1400"}, IPv4: two})
+	if err != nil || out[OptVNIs] != "16000000,16000001" || out[OptMTU] != "1400" {
+		t.Fatalf("AllocateNetwork = %v, %v; want the user's options plus the VNIs", out, err)
+	}
+	if _, err := d.AllocateNetwork(ctx, NetworkRequest{NID: "n3", Options: map[string]string{OptVNIs: "7"}, IPv4: two}); err == nil || !strings.Contains(err.Error(), "one VNI per subnet") {
+		t.Errorf("1 VNI for 2 subnets: %v", err)
+	}
+	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "n2", Options: out, IPv4: two}); err != nil {
+		t.Fatal(err)
+	}
+	d.apply(peerdb.Update{Reset: true})
+	d.CreateEndpoint(ctx, "n2", "e", "198.18.2.9/24", "", "")
+	res, err := d.Join(ctx, "n2", "e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(res.Routes); got != "[{198.18.1.0/24 198.18.2.1}]" {
+		t.Errorf("routes = %s; want the other subnet via this one's gateway", got)
+	}
+	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "n4", IPv4: two[:1]}); err == nil || !strings.Contains(err.Error(), "no VNI") {
+		t.Errorf("CreateNetwork without VNIs: %v", err)
+	}
+}

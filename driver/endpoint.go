@@ -1,0 +1,258 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vxnet/vxnet/peerdb"
+)
+
+// ErrNotFound marks calls about a network or endpoint this node never had.
+var ErrNotFound = errors.New("not found")
+
+// macFor derives an endpoint's MAC from its IPv4 address, 02:56 + the four
+// address bytes: locally administered, unique within a subnet, and the same
+// on every replay.
+func macFor(ip netip.Addr) net.HardwareAddr {
+	b := ip.As4()
+	return net.HardwareAddr{0x02, 0x56, b[0], b[1], b[2], b[3]}
+}
+
+// ifNameFor names an endpoint's interface until Docker renames it.
+func ifNameFor(eid string) string { return "vxe" + eid[:min(len(eid), 11)] }
+
+// CreateEndpoint records an endpoint on this node. Docker's IPAM gives the
+// address; vxnet fills in the MAC if Docker left it empty, and returns
+// only what it filled in.
+func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac string) (string, error) {
+	if addrV6 != "" {
+		return "", invalid("endpoint %s has IPv6 address %s: vxnet carries IPv4 only", eid, addrV6)
+	}
+	if addr == "" {
+		return "", invalid("endpoint %s has no IPv4 address: vxnet needs one from IPAM", eid)
+	}
+	p, err := netip.ParsePrefix(addr)
+	if err != nil || !p.Addr().Is4() {
+		return "", invalid("endpoint address %q is not an IPv4 CIDR", addr)
+	}
+	var hw net.HardwareAddr
+	if mac != "" {
+		if hw, err = net.ParseMAC(mac); err != nil || len(hw) != 6 {
+			return "", invalid("endpoint MAC %q is not an Ethernet address", mac)
+		}
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[nid]
+	if !ok {
+		return "", fmt.Errorf("%w: network %s is not created on this node", ErrNotFound, nid)
+	}
+	s, ok := n.subnetOf(p.Addr())
+	if !ok {
+		return "", invalid("endpoint address %s is in no subnet of network %s", p.Addr(), nid)
+	}
+	filled := ""
+	if hw == nil {
+		hw = macFor(p.Addr())
+		filled = hw.String()
+	}
+	if _, ok := n.endpoints[eid]; !ok {
+		n.endpoints[eid] = &endpoint{eid: eid, addr: p, mac: hw, vni: s.VNI, ifName: ifNameFor(eid)}
+	}
+	return filled, nil
+}
+
+// DeleteEndpoint forgets an endpoint and deletes its interface if Docker
+// handed it back. Unknown endpoints succeed: Docker replays deletes.
+func (d *Driver) DeleteEndpoint(_ context.Context, nid, eid string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[nid]
+	if !ok {
+		return nil
+	}
+	ep, ok := n.endpoints[eid]
+	if !ok {
+		return nil
+	}
+	if ep.attached {
+		d.detach(n, ep)
+	}
+	if err := d.plane.RemoveEndpoint(nid, ep.ifName); err != nil {
+		return fmt.Errorf("delete interface of endpoint %s: %w", eid, err)
+	}
+	delete(n.endpoints, eid)
+	return nil
+}
+
+// EndpointInfo describes an endpoint for `docker network inspect`.
+func (d *Driver) EndpointInfo(nid, eid string) (map[string]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[nid]
+	if !ok {
+		return nil, fmt.Errorf("%w: network %s", ErrNotFound, nid)
+	}
+	ep, ok := n.endpoints[eid]
+	if !ok {
+		return nil, fmt.Errorf("%w: endpoint %s", ErrNotFound, eid)
+	}
+	return map[string]string{
+		"ip":   ep.addr.String(),
+		"mac":  ep.mac.String(),
+		"vni":  fmt.Sprint(ep.vni),
+		"vtep": d.cfg.Underlay.Addr.String(),
+		"node": d.cfg.Node,
+	}, nil
+}
+
+// Route is a static route Docker adds in the container.
+type Route struct {
+	Dst     netip.Prefix
+	NextHop netip.Addr
+}
+
+// JoinResult is what Docker needs to plumb an endpoint into a container.
+type JoinResult struct {
+	SrcName string
+	Routes  []Route
+}
+
+// Join gives an endpoint its interface and publishes it to the cluster. The
+// first Join of a network on this node makes the network's namespace and
+// programs every remote peer already known, in one batch. No gateway is
+// returned, so Docker connects the container to docker_gwbridge too.
+func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) {
+	if err := d.waitSynced(ctx); err != nil {
+		return JoinResult{}, err
+	}
+	d.mu.Lock()
+	n, ep, err := d.lookup(nid, eid)
+	if err != nil {
+		d.mu.Unlock()
+		return JoinResult{}, err
+	}
+	res := joinResult(n, ep)
+	if !ep.attached {
+		if err := d.attach(n, ep); err != nil {
+			d.mu.Unlock()
+			return JoinResult{}, err
+		}
+	}
+	rec := d.record(nid, ep)
+	d.mu.Unlock()
+
+	if err := d.store.PutEndpoint(ctx, rec); err != nil {
+		d.mu.Lock()
+		if n, ep, lerr := d.lookup(nid, eid); lerr == nil && ep.attached {
+			d.detach(n, ep)
+		}
+		d.mu.Unlock()
+		return JoinResult{}, err
+	}
+	d.log.WithFields(map[string]any{"nid": nid, "eid": eid, "ip": ep.addr.Addr(), "mac": ep.mac}).Info("endpoint joined")
+	return res, nil
+}
+
+// Leave withdraws an endpoint from the cluster and from this node's kernel;
+// the last Leave of a network removes its namespace. Unknown endpoints
+// succeed: Docker replays leaves.
+func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
+	d.mu.Lock()
+	n, ep, err := d.lookup(nid, eid)
+	if err != nil || !ep.attached {
+		d.mu.Unlock()
+		return nil
+	}
+	d.detach(n, ep)
+	d.mu.Unlock()
+	if err := d.store.DeleteEndpoint(ctx, peerdb.Key{NID: nid, EID: eid}); err != nil {
+		return fmt.Errorf("left locally, but other hosts keep the peer until it is withdrawn: %w", err)
+	}
+	d.log.WithFields(map[string]any{"nid": nid, "eid": eid}).Info("endpoint left")
+	return nil
+}
+
+// lookup finds a network and endpoint. d.mu must be held.
+func (d *Driver) lookup(nid, eid string) (*network, *endpoint, error) {
+	n, ok := d.networks[nid]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: network %s is not created on this node", ErrNotFound, nid)
+	}
+	ep, ok := n.endpoints[eid]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: endpoint %s of network %s", ErrNotFound, eid, nid)
+	}
+	return n, ep, nil
+}
+
+// attach makes the endpoint's interface, and first the network's namespace
+// with its peers if this is its first endpoint here. On failure it undoes
+// what it did. d.mu must be held.
+func (d *Driver) attach(n *network, ep *endpoint) error {
+	first := n.attached == 0
+	if first {
+		if err := d.plane.EnsureNetwork(n.spec()); err != nil {
+			return fmt.Errorf("create network %s on this host: %w", n.nid, err)
+		}
+		d.programNetwork(n)
+	}
+	if err := d.plane.AddEndpoint(n.nid, ep.vni, ep.ifName, ep.mac, n.mtu); err != nil {
+		if first {
+			err = errors.Join(err, d.plane.RemoveNetwork(n.nid))
+		}
+		return fmt.Errorf("create interface of endpoint %s: %w", ep.eid, err)
+	}
+	ep.attached = true
+	n.attached++
+	return nil
+}
+
+// detach undoes attach: the interface goes, and with the last one the
+// namespace. Failures are logged: Docker cannot act on them, and leftovers
+// are replaced by the next attach. d.mu must be held.
+func (d *Driver) detach(n *network, ep *endpoint) {
+	ep.attached = false
+	n.attached--
+	log := d.log.WithFields(map[string]any{"nid": n.nid, "eid": ep.eid})
+	if n.attached > 0 {
+		if err := d.plane.RemoveEndpoint(n.nid, ep.ifName); err != nil {
+			log.WithError(err).Error("removing endpoint interface")
+		}
+		return
+	}
+	if err := d.plane.RemoveNetwork(n.nid); err != nil {
+		log.WithError(err).Error("removing network namespace after its last endpoint left")
+	}
+}
+
+func (d *Driver) record(nid string, ep *endpoint) peerdb.Endpoint {
+	return peerdb.Endpoint{
+		NID:  nid,
+		EID:  ep.eid,
+		IP:   ep.addr.Addr(),
+		MAC:  ep.mac.String(),
+		VTEP: d.cfg.Underlay.Addr,
+		Node: d.cfg.Node,
+	}
+}
+
+// joinResult routes the network's other subnets via the endpoint's own
+// subnet gateway, which lives in the network's namespace.
+func joinResult(n *network, ep *endpoint) JoinResult {
+	res := JoinResult{SrcName: ep.ifName}
+	if len(n.subnets) < 2 {
+		return res
+	}
+	own, _ := n.subnetOf(ep.addr.Addr())
+	for _, s := range n.subnets {
+		if s.VNI != own.VNI && own.Gateway.IsValid() {
+			res.Routes = append(res.Routes, Route{Dst: s.Prefix, NextHop: own.Gateway})
+		}
+	}
+	return res
+}

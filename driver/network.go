@@ -1,0 +1,142 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+
+	"github.com/vxnet/vxnet/peerdb"
+	"github.com/vxnet/vxnet/vxlan"
+)
+
+// NetworkRequest is a network as Docker describes it.
+type NetworkRequest struct {
+	NID     string
+	Options map[string]string
+	IPv4    []IPAMData
+	HasIPv6 bool
+}
+
+// IPAMData is one address pool of a network.
+type IPAMData = ipamData
+
+// AllocateNetwork is the swarm manager's half of creating a network:
+// validate, then take one VNI per subnet in etcd. The returned options (the
+// user's, with the VNIs under OptVNIs) reach every node's CreateNetwork.
+func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[string]string, error) {
+	o, err := parseOptions(req.Options)
+	if err != nil {
+		return nil, err
+	}
+	pools, _, err := parseSubnets(req.IPv4, req.HasIPv6)
+	if err != nil {
+		return nil, err
+	}
+	if o.vnis != nil && len(o.vnis) != len(pools) {
+		return nil, invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
+	}
+	rec, err := d.store.AllocateNetwork(ctx, peerdb.Network{NID: req.NID, Subnets: pools, Options: req.Options}, o.vnis, d.cfg.VNIRange)
+	var inUse *peerdb.VNIInUseError
+	switch {
+	case errors.As(err, &inUse):
+		return nil, invalid("%v: choose another in %s or leave the option out", err, OptVNIs)
+	case errors.Is(err, peerdb.ErrVNIsExhausted):
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	case err != nil:
+		return nil, err
+	}
+	out := maps.Clone(req.Options)
+	if out == nil {
+		out = map[string]string{}
+	}
+	out[OptVNIs] = joinVNIs(rec.VNIs)
+	d.log.WithFields(map[string]any{"nid": req.NID, "vni": out[OptVNIs]}).Info("network allocated")
+	return out, nil
+}
+
+// FreeNetwork is the swarm manager's end of a network: its VNIs and every
+// etcd key of it go. An unknown network is already freed.
+func (d *Driver) FreeNetwork(ctx context.Context, nid string) error {
+	if err := d.store.FreeNetwork(ctx, nid); err != nil {
+		return err
+	}
+	d.log.WithField("nid", nid).Info("network freed")
+	return nil
+}
+
+// CreateNetwork records a network on this node. It touches neither etcd nor
+// the kernel: the namespace is made by the first Join. Swarm workers get
+// this again whenever a first local endpoint comes back.
+func (d *Driver) CreateNetwork(_ context.Context, req NetworkRequest) error {
+	o, err := parseOptions(req.Options)
+	if err != nil {
+		return err
+	}
+	pools, gws, err := parseSubnets(req.IPv4, req.HasIPv6)
+	if err != nil {
+		return err
+	}
+	if o.vnis == nil {
+		return invalid("network %s has no VNI: vxnet networks get theirs from a swarm manager (docker network create on a manager, scope global)", req.NID)
+	}
+	if len(o.vnis) != len(pools) {
+		return invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
+	}
+	if len(pools) > 1 {
+		for i, g := range gws {
+			if !g.IsValid() {
+				return invalid("subnet %s has no gateway: a network with several subnets routes between them through each subnet's gateway", pools[i])
+			}
+		}
+	}
+	underlay := o.mtu
+	if underlay == 0 {
+		underlay = d.cfg.Underlay.MTU
+	}
+	if underlay > d.cfg.Underlay.MTU {
+		d.log.WithField("nid", req.NID).Warnf("network MTU option %d exceeds the MTU %d of data interface %s: the kernel will fragment VXLAN packets",
+			underlay, d.cfg.Underlay.MTU, d.cfg.Underlay.Name)
+	}
+	n := &network{nid: req.NID, mtu: underlay - vxlan.Overhead, endpoints: map[string]*endpoint{}}
+	for i, p := range pools {
+		n.subnets = append(n.subnets, vxlan.Subnet{VNI: o.vnis[i], Prefix: p, Gateway: gws[i]})
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.networks[req.NID]; ok {
+		return nil // a replay
+	}
+	d.networks[req.NID] = n
+	d.log.WithFields(map[string]any{"nid": req.NID, "vni": joinVNIs(o.vnis), "mtu": n.mtu}).Info("network created")
+	return nil
+}
+
+// DeleteNetwork drops this node's state of a network, and its namespace if
+// one is left. The network itself lives on in etcd until FreeNetwork.
+func (d *Driver) DeleteNetwork(_ context.Context, nid string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[nid]
+	if !ok {
+		return nil
+	}
+	if err := d.plane.RemoveNetwork(nid); err != nil {
+		return fmt.Errorf("remove namespace of network %s: %w", nid, err)
+	}
+	n.attached = 0
+	delete(d.networks, nid)
+	d.log.WithField("nid", nid).Info("network deleted on this node")
+	return nil
+}
+
+func joinVNIs(vnis []uint32) string {
+	s := make([]string, len(vnis))
+	for i, v := range vnis {
+		s[i] = strconv.FormatUint(uint64(v), 10)
+	}
+	return strings.Join(s, ",")
+}

@@ -1,0 +1,144 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/vxnet/vxnet/peerdb"
+	"github.com/vxnet/vxnet/vxlan"
+)
+
+// Network options a user may give with `docker network create -o KEY=VALUE`.
+const (
+	// OptVNIs picks the VNIs, one per subnet, as with the stock overlay.
+	OptVNIs = "com.docker.network.driver.overlay.vxlanid_list"
+	// OptMTU is the underlay MTU the network is sized for; the overlay MTU
+	// is this minus the VXLAN overhead.
+	OptMTU = "com.docker.network.driver.mtu"
+	// OptEncrypted asks for IPsec encryption between hosts.
+	OptEncrypted = "encrypted"
+)
+
+// accepted lists every option vxnet knows, with the form it takes.
+var accepted = map[string]string{
+	OptVNIs:      OptVNIs + "=VNI[,VNI...] (one per subnet, 1-16777215)",
+	OptMTU:       OptMTU + "=BYTES (underlay MTU, " + strconv.Itoa(minUnderlayMTU) + "-65535)",
+	OptEncrypted: OptEncrypted + " (not supported yet)",
+}
+
+// minUnderlayMTU leaves the overlay the 68 bytes IPv4 needs.
+const minUnderlayMTU = 68 + vxlan.Overhead
+
+// ErrInvalid marks refusals caused by what the user asked for.
+var ErrInvalid = errors.New("invalid request")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}
+
+// options are the parsed network options.
+type options struct {
+	raw  map[string]string
+	vnis []uint32 // nil: allocate
+	mtu  int      // underlay MTU; 0: the data interface's
+}
+
+// parseOptions validates the user's options. Unknown options are refused,
+// naming the accepted ones; so is encryption until it is implemented,
+// because a network the user asked to encrypt must never carry plaintext.
+func parseOptions(raw map[string]string) (options, error) {
+	o := options{raw: raw}
+	var unknown []string
+	for k := range raw {
+		if _, ok := accepted[k]; !ok {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return o, invalid("unknown option %s; vxnet accepts: %s", strings.Join(unknown, ", "), acceptedList())
+	}
+	if _, ok := raw[OptEncrypted]; ok {
+		return o, invalid("option %q is not supported yet by this vxnet version: refusing to create a network that would carry plaintext; create it without -o encrypted", OptEncrypted)
+	}
+	if v, ok := raw[OptMTU]; ok {
+		mtu, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || mtu < minUnderlayMTU || mtu > 65535 {
+			return o, invalid("option %s=%q: want the underlay MTU in bytes, %d-65535, e.g. %s=1500", OptMTU, v, minUnderlayMTU, OptMTU)
+		}
+		o.mtu = mtu
+	}
+	if v, ok := raw[OptVNIs]; ok {
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32)
+			if err != nil || n < 1 || n > peerdb.MaxVNI {
+				return o, invalid("option %s=%q: %q is not a VNI; want VNI[,VNI...] with each 1-%d", OptVNIs, v, f, peerdb.MaxVNI)
+			}
+			if slices.Contains(o.vnis, uint32(n)) {
+				return o, invalid("option %s=%q: VNI %d given twice", OptVNIs, v, n)
+			}
+			o.vnis = append(o.vnis, uint32(n))
+		}
+	}
+	return o, nil
+}
+
+func acceptedList() string {
+	var forms []string
+	for _, f := range accepted {
+		forms = append(forms, f)
+	}
+	slices.Sort(forms)
+	return strings.Join(forms, "; ")
+}
+
+// ipamData is one IPv4 pool as Docker hands it over.
+type ipamData struct {
+	Pool, Gateway string
+}
+
+// parseSubnets reads the pools of a network. vxnet carries IPv4 only.
+func parseSubnets(v4 []ipamData, hasV6 bool) ([]netip.Prefix, []netip.Addr, error) {
+	if hasV6 {
+		return nil, nil, invalid("IPv6 is not supported by vxnet yet: create the network without --ipv6")
+	}
+	if len(v4) == 0 {
+		return nil, nil, invalid("no IPv4 subnet: give one with --subnet")
+	}
+	var pools []netip.Prefix
+	var gws []netip.Addr
+	for _, d := range v4 {
+		p, err := netip.ParsePrefix(d.Pool)
+		if err != nil || !p.Addr().Is4() {
+			return nil, nil, invalid("subnet %q is not an IPv4 CIDR", d.Pool)
+		}
+		p = p.Masked()
+		for _, q := range pools {
+			if q.Overlaps(p) {
+				return nil, nil, invalid("subnets %s and %s overlap", q, p)
+			}
+		}
+		var gw netip.Addr
+		if d.Gateway != "" {
+			g, err := netip.ParsePrefix(d.Gateway)
+			if err != nil {
+				a, err2 := netip.ParseAddr(d.Gateway)
+				if err2 != nil {
+					return nil, nil, invalid("gateway %q is not an IPv4 address", d.Gateway)
+				}
+				g = netip.PrefixFrom(a, p.Bits())
+			}
+			gw = g.Addr()
+			if !p.Contains(gw) {
+				return nil, nil, invalid("gateway %s is outside subnet %s", gw, p)
+			}
+		}
+		pools = append(pools, p)
+		gws = append(gws, gw)
+	}
+	return pools, gws, nil
+}

@@ -1,0 +1,74 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestParseOptions(t *testing.T) {
+	for _, tc := range []struct {
+		raw      map[string]string
+		wantVNIs string
+		wantMTU  int
+		wantErr  string
+	}{
+		{raw: nil, wantVNIs: "[]"},
+		{raw: map[string]string{OptVNIs: "4097, 4098"}, wantVNIs: "[4097 4098]"},
+		{raw: map[string]string{OptMTU: "9000"}, wantVNIs: "[]", wantMTU: 9000},
+		{raw: map[string]string{OptMTU: "abc"}, wantErr: "want the underlay MTU in bytes, 118-65535"},
+		{raw: map[string]string{OptMTU: "100"}, wantErr: "118-65535"},
+		{raw: map[string]string{OptVNIs: "0"}, wantErr: "is not a VNI"},
+		{raw: map[string]string{OptVNIs: "16777216"}, wantErr: "is not a VNI"},
+		{raw: map[string]string{OptVNIs: "5,5"}, wantErr: "given twice"},
+		{raw: map[string]string{"foo": "bar", "a": ""}, wantErr: "unknown option a, foo; vxnet accepts: " + OptMTU},
+		{raw: map[string]string{OptEncrypted: ""}, wantErr: "not supported yet"},
+	} {
+		o, err := parseOptions(tc.raw)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, ErrInvalid) {
+				t.Errorf("parseOptions(%v) = %v; want ErrInvalid containing %q", tc.raw, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("parseOptions(%v): %v", tc.raw, err)
+			continue
+		}
+		if got := fmt.Sprint(o.vnis); got != tc.wantVNIs && !(got == "[]" && tc.wantVNIs == "[]") {
+			t.Errorf("parseOptions(%v).vnis = %s; want %s", tc.raw, got, tc.wantVNIs)
+		}
+		if o.mtu != tc.wantMTU {
+			t.Errorf("parseOptions(%v).mtu = %d; want %d", tc.raw, o.mtu, tc.wantMTU)
+		}
+	}
+}
+
+func TestParseSubnets(t *testing.T) {
+	for _, tc := range []struct {
+		v4      []ipamData
+		v6      bool
+		want    string
+		wantErr string
+	}{
+		{v4: []ipamData{{"198.18.90.0/24", "198.18.90.1/24"}}, want: "[198.18.90.0/24] [198.18.90.1]"},
+		{v4: []ipamData{{"198.18.90.7/24", "198.18.90.1"}, {"198.18.91.0/24", ""}}, want: "[198.18.90.0/24 198.18.91.0/24] [198.18.90.1 invalid IP]"},
+		{v4: nil, wantErr: "--subnet"},
+		{v4: []ipamData{{"198.18.90.0/24", ""}}, v6: true, wantErr: "IPv6"},
+		{v4: []ipamData{{"198.18.0.0/16", ""}, {"198.18.90.0/24", ""}}, wantErr: "overlap"},
+		{v4: []ipamData{{"198.18.90.0/24", "198.18.91.1/24"}}, wantErr: "outside subnet"},
+		{v4: []ipamData{{"nonsense", ""}}, wantErr: "not an IPv4 CIDR"},
+	} {
+		p, g, err := parseSubnets(tc.v4, tc.v6)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseSubnets(%v) = %v; want error containing %q", tc.v4, err, tc.wantErr)
+			}
+			continue
+		}
+		if got := fmt.Sprint(p, " ", g); got != tc.want {
+			t.Errorf("parseSubnets(%v) = %s; want %s", tc.v4, got, tc.want)
+		}
+	}
+}

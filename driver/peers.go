@@ -1,0 +1,175 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/vxnet/vxnet/peerdb"
+	"github.com/vxnet/vxnet/vxlan"
+)
+
+// Run applies the cluster's endpoint table to this node's kernel until ctx
+// ends: one loop, fed by the store's watch, takes the driver lock once per
+// update and programs every network the update touches in one batch.
+func (d *Driver) Run(ctx context.Context) {
+	updates := make(chan peerdb.Update)
+	go d.store.WatchEndpoints(ctx, updates)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-updates:
+			d.apply(u)
+		}
+	}
+}
+
+// waitSynced waits until the driver holds a full endpoint table, so a first
+// Join can program every existing peer.
+func (d *Driver) waitSynced(ctx context.Context) error {
+	select {
+	case <-d.synced:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("peer table not loaded from etcd yet: %w", ctx.Err())
+	}
+}
+
+// peerChange collects the records to unprogram and program, per network.
+type peerChange struct {
+	del, add map[string][]peerdb.Endpoint
+}
+
+func (c *peerChange) remove(e peerdb.Endpoint) { c.del[e.NID] = append(c.del[e.NID], e) }
+func (c *peerChange) put(e peerdb.Endpoint)    { c.add[e.NID] = append(c.add[e.NID], e) }
+
+// apply merges an update into the table and programs the difference.
+func (d *Driver) apply(u peerdb.Update) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := peerChange{del: map[string][]peerdb.Endpoint{}, add: map[string][]peerdb.Endpoint{}}
+	if u.Reset {
+		fresh := make(map[peerdb.Key]peerdb.Endpoint, len(u.Puts))
+		for _, e := range u.Puts {
+			fresh[e.Key()] = e
+		}
+		for k, old := range d.peers {
+			if _, ok := fresh[k]; !ok {
+				c.remove(old)
+			}
+		}
+		for k, e := range fresh {
+			d.merge(&c, k, e, true)
+		}
+		d.peers = fresh
+	} else {
+		for _, e := range u.Puts {
+			d.merge(&c, e.Key(), e, false)
+		}
+		for _, k := range u.Deletes {
+			if old, ok := d.peers[k]; ok {
+				c.remove(old)
+				delete(d.peers, k)
+			}
+		}
+	}
+	for nid := range c.del {
+		// Entries shared with a record that stays (same IP or MAC) are
+		// written again after the delete.
+		for _, e := range d.peers {
+			if e.NID == nid && sharesEntry(e, c.del[nid]) {
+				c.put(e)
+			}
+		}
+	}
+	for nid, n := range d.networks {
+		if n.attached > 0 && (len(c.del[nid]) > 0 || len(c.add[nid]) > 0) {
+			d.program(n, c.del[nid], c.add[nid])
+		}
+	}
+	d.syncedOnce.Do(func() { close(d.synced) })
+}
+
+// merge takes record e of key k into the table unless it is older than what
+// the table holds. In a reset, d.peers still holds the previous table.
+func (d *Driver) merge(c *peerChange, k peerdb.Key, e peerdb.Endpoint, reset bool) {
+	old, ok := d.peers[k]
+	if ok && old.Revision > e.Revision {
+		return
+	}
+	if ok && samePeer(old, e) {
+		if !reset {
+			d.peers[k] = e
+		}
+		return
+	}
+	if ok {
+		c.remove(old)
+	}
+	c.put(e)
+	if !reset {
+		d.peers[k] = e
+	}
+}
+
+func samePeer(a, b peerdb.Endpoint) bool {
+	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
+}
+
+func sharesEntry(e peerdb.Endpoint, gone []peerdb.Endpoint) bool {
+	for _, g := range gone {
+		if g.Key() != e.Key() && (g.IP == e.IP || g.MAC == e.MAC) {
+			return true
+		}
+	}
+	return false
+}
+
+// programNetwork programs every known remote peer of n: the batch a host
+// that joins late needs. d.mu must be held.
+func (d *Driver) programNetwork(n *network) {
+	var all []peerdb.Endpoint
+	for _, e := range d.peers {
+		if e.NID == n.nid {
+			all = append(all, e)
+		}
+	}
+	d.program(n, nil, all)
+}
+
+// program removes the kernel entries of del, then writes those of add,
+// skipping this node's own endpoints. d.mu must be held.
+func (d *Driver) program(n *network, del, add []peerdb.Endpoint) {
+	log := d.log.WithField("nid", n.nid)
+	if err := d.plane.DelPeers(n.nid, d.kernelPeers(n, del)); err != nil {
+		log.WithError(err).Error("removing peers")
+	}
+	peers := d.kernelPeers(n, add)
+	if err := d.plane.AddPeers(n.nid, peers); err != nil {
+		log.WithError(err).Error("programming peers")
+	}
+	if len(del)+len(peers) > 0 {
+		log.Debugf("peers: %d removed, %d programmed", len(del), len(peers))
+	}
+}
+
+// kernelPeers turns records into kernel entries, leaving out this node's own
+// endpoints and records that fit no subnet of n.
+func (d *Driver) kernelPeers(n *network, recs []peerdb.Endpoint) []vxlan.Peer {
+	out := make([]vxlan.Peer, 0, len(recs))
+	for _, e := range recs {
+		if e.VTEP == d.cfg.Underlay.Addr {
+			continue
+		}
+		s, ok := n.subnetOf(e.IP)
+		mac, err := net.ParseMAC(e.MAC)
+		if !ok || err != nil || !e.VTEP.IsValid() {
+			d.log.WithFields(map[string]any{"nid": e.NID, "eid": e.EID, "ip": e.IP, "mac": e.MAC, "vtep": e.VTEP}).
+				Warn("ignoring a peer record that fits no subnet of its network")
+			continue
+		}
+		out = append(out, vxlan.Peer{VNI: s.VNI, IP: e.IP, MAC: mac, VTEP: e.VTEP})
+	}
+	return out
+}
