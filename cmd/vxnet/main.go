@@ -1,0 +1,165 @@
+// Command vxnet is a Docker network plugin that carries overlay networks
+// over VXLAN between hosts, with its shared state in etcd.
+//
+//	vxnet plugin [flags]   serve Docker's network-driver protocol
+//	vxnet settings         list every setting (environment and flags)
+//	vxnet version
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/config"
+	"github.com/vxnet/vxnet/driver"
+	"github.com/vxnet/vxnet/peerdb"
+	"github.com/vxnet/vxnet/plugin"
+	"github.com/vxnet/vxnet/vxlan"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: vxnet COMMAND
+
+  plugin     serve Docker's network-driver protocol on VXNET_SOCKET
+  settings   list every setting, its environment variable, flag and default
+  version    print the version
+
+Settings come from environment variables (docker plugin set) or flags;
+see 'vxnet settings'.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "plugin":
+		err = runPlugin(os.Args[2:])
+	case "settings":
+		config.WriteHelp(os.Stdout)
+	case "version":
+		fmt.Println("vxnet", version)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "vxnet: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vxnet:", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(s config.Settings) *logrus.Entry {
+	log := logrus.New()
+	log.SetOutput(os.Stderr)
+	if s.LogFormat == "json" {
+		log.SetFormatter(&logrus.JSONFormatter{})
+	} else {
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	}
+	lvl, _ := logrus.ParseLevel(s.LogLevel)
+	log.SetLevel(lvl)
+	return logrus.NewEntry(log)
+}
+
+func runPlugin(args []string) error {
+	s, err := config.Load("vxnet plugin", args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(s)
+
+	underlay, err := vxlan.ResolveUnderlay(s.DataAddr)
+	if err != nil {
+		return fmt.Errorf("data path (VXNET_DATA_ADDR): %w", err)
+	}
+	control := underlay.Addr
+	if s.ControlAddr != "" {
+		c, err := vxlan.ResolveUnderlay(s.ControlAddr)
+		if err != nil {
+			return fmt.Errorf("control address (VXNET_CONTROL_ADDR): %w", err)
+		}
+		control = c.Addr
+	}
+
+	// The socket comes first: Docker must reach the plugin at once, etcd
+	// or not.
+	l, err := plugin.Listen(s.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(s.Socket)
+
+	plane, err := vxlan.New(vxlan.Config{NSDir: s.NetnsDir, DataAddr: underlay.Addr, DataLink: underlay.Link, Port: s.VXLANPort})
+	if err != nil {
+		return err
+	}
+	defer plane.Close()
+	store, err := peerdb.Open(peerdb.Config{
+		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
+		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
+		Username: s.EtcdUser, Password: s.EtcdPassword,
+	}, log.WithField("part", "peerdb"))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	d := driver.New(driver.Config{Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange}, plane, store, log.WithField("part", "driver"))
+	go d.Run(ctx)
+	go publishNode(ctx, store, peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}, log)
+
+	srv := &http.Server{Handler: plugin.NewHandler(d, log.WithField("part", "plugin"), plugin.DefaultTimeout)}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	log.WithFields(logrus.Fields{
+		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
+		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "version": version,
+	}).Info("vxnet serving")
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("stopping; kernel state stays in place")
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// publishNode writes this node's record once etcd answers.
+func publishNode(ctx context.Context, store *peerdb.Store, n peerdb.Node, log *logrus.Entry) {
+	for ctx.Err() == nil {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := store.PutNode(c, n)
+		cancel()
+		if err == nil {
+			return
+		}
+		log.WithError(err).Warn("publishing node record; retrying")
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
+}

@@ -1,0 +1,123 @@
+// Package plugin speaks Docker's network-driver protocol
+// (docker.networkdriver/1.0): JSON over HTTP on a unix socket. It only
+// decodes requests, calls the driver with a deadline, and encodes answers;
+// errors become {"Err": "..."} here and nowhere else.
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/driver"
+)
+
+// Driver is what the protocol needs of the network driver.
+type Driver interface {
+	AllocateNetwork(ctx context.Context, req driver.NetworkRequest) (map[string]string, error)
+	FreeNetwork(ctx context.Context, nid string) error
+	CreateNetwork(ctx context.Context, req driver.NetworkRequest) error
+	DeleteNetwork(ctx context.Context, nid string) error
+	CreateEndpoint(ctx context.Context, nid, eid, addr, addrV6, mac string) (string, error)
+	DeleteEndpoint(ctx context.Context, nid, eid string) error
+	EndpointInfo(nid, eid string) (map[string]string, error)
+	Join(ctx context.Context, nid, eid string) (driver.JoinResult, error)
+	Leave(ctx context.Context, nid, eid string) error
+}
+
+// contentType is what Docker's plugin client sends and expects.
+const contentType = "application/vnd.docker.plugins.v1.2+json"
+
+// DefaultTimeout bounds every request, below Docker's own 30 s client
+// timeout so Docker always gets vxnet's error, not its own.
+const DefaultTimeout = 20 * time.Second
+
+// Handler serves the protocol for d.
+type Handler struct {
+	d       Driver
+	log     *logrus.Entry
+	timeout time.Duration
+	mux     *http.ServeMux
+}
+
+// NewHandler returns the protocol's HTTP handler.
+func NewHandler(d Driver, log *logrus.Entry, timeout time.Duration) *Handler {
+	h := &Handler{d: d, log: log, timeout: timeout, mux: http.NewServeMux()}
+	h.mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
+		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver"}})
+	})
+	h.routes()
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// handle registers a route whose request decodes into Req.
+func handle[Req any](h *Handler, route string, fn func(context.Context, *Req) (any, error)) {
+	h.mux.HandleFunc("POST /"+route, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		req := new(Req)
+		if err := json.NewDecoder(r.Body).Decode(req); err != nil && !errors.Is(err, io.EOF) {
+			reply(w, http.StatusBadRequest, network.ErrorResponse{Err: fmt.Sprintf("vxnet: decode %s request: %v", route, err)})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+		defer cancel()
+		res, err := fn(ctx, req)
+		log := h.log.WithField("route", route).WithField("took", time.Since(start).Round(time.Microsecond))
+		if err != nil {
+			log.WithError(err).Warn("request refused")
+			reply(w, http.StatusInternalServerError, network.ErrorResponse{Err: message(err)})
+			return
+		}
+		log.Debug("request served")
+		if res == nil {
+			res = struct{}{}
+		}
+		reply(w, http.StatusOK, res)
+	})
+}
+
+// message is the one place errors become words for the Docker user.
+func message(err error) string {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "vxnet: timed out: " + err.Error()
+	default:
+		return "vxnet: " + err.Error()
+	}
+}
+
+func reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// Listen opens the unix socket at path, replacing a stale one.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return l, nil
+}
