@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vxnet/vxnet/peerdb"
 )
@@ -32,6 +33,7 @@ type Settings struct {
 	StateDir      string
 	LogLevel      string
 	LogFormat     string
+	Timeout       time.Duration
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates
@@ -104,6 +106,15 @@ var table = []setting{
 		str(func(s *Settings) *string { return &s.NetnsDir })},
 	{"VXNET_STATE_DIR", "state-dir", "/var/lib/vxnet", "persistent state of this node",
 		str(func(s *Settings) *string { return &s.StateDir })},
+	{"VXNET_REQUEST_TIMEOUT", "request-timeout", "20s", "deadline of each Docker request; keep it below Docker's 30 s",
+		func(s *Settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("%q is not a positive duration such as 20s", v)
+			}
+			s.Timeout = d
+			return nil
+		}},
 	{"VXNET_LOG_LEVEL", "log-level", "info", "debug, info, warn or error",
 		func(s *Settings, v string) error {
 			switch v {

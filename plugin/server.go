@@ -37,10 +37,6 @@ type Driver interface {
 // contentType is what Docker's plugin client sends and expects.
 const contentType = "application/vnd.docker.plugins.v1.2+json"
 
-// DefaultTimeout bounds every request, below Docker's own 30 s client
-// timeout so Docker always gets vxnet's error, not its own.
-const DefaultTimeout = 20 * time.Second
-
 // Handler serves the protocol for d.
 type Handler struct {
 	d       Driver

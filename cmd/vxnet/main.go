@@ -125,7 +125,7 @@ func runPlugin(args []string) error {
 	go d.Run(ctx)
 	go publishNode(ctx, store, peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}, log)
 
-	srv := &http.Server{Handler: plugin.NewHandler(d, log.WithField("part", "plugin"), plugin.DefaultTimeout)}
+	srv := &http.Server{Handler: plugin.NewHandler(d, log.WithField("part", "plugin"), s.Timeout)}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	log.WithFields(logrus.Fields{

@@ -28,26 +28,9 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Skip("needs an etcd binary (apt-get install etcd-server)")
 	}
-	return StartAt(t, bin, "127.0.0.1", nil)
-}
-
-// StartAt runs bin listening on host, prefixed by wrap (for example
-// `ip netns exec NS`), and waits until it answers.
-func StartAt(t testing.TB, bin, host string, wrap []string) *Server {
-	t.Helper()
-	client, peer := freePort(t), freePort(t)
-	if host != "127.0.0.1" {
-		client, peer = 2379, 2380
-	}
-	s := &Server{Endpoint: fmt.Sprintf("http://%s:%d", host, client)}
-	peerURL := fmt.Sprintf("http://%s:%d", host, peer)
-	args := append(append([]string{}, wrap...), bin,
-		"--name", "test",
-		"--data-dir", t.TempDir(),
-		"--listen-client-urls", s.Endpoint, "--advertise-client-urls", s.Endpoint,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "test="+peerURL,
-		"--log-level", "error")
+	s := &Server{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	args := Args(bin, t.TempDir(), s.Endpoint, peerURL)
 	s.cmd = exec.Command(args[0], args[1:]...)
 	if testing.Verbose() {
 		s.cmd.Stderr = os.Stderr
@@ -70,6 +53,17 @@ func StartAt(t testing.TB, bin, host string, wrap []string) *Server {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Args is the command line of a one-member etcd cluster.
+func Args(bin, dataDir, clientURL, peerURL string) []string {
+	return []string{bin,
+		"--name", "test",
+		"--data-dir", dataDir,
+		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "test=" + peerURL,
+		"--log-level", "error"}
 }
 
 // Stop ends the server (only the process this package started).

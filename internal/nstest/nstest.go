@@ -6,15 +6,30 @@ package nstest
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/vishvananda/netns"
 )
 
 var seq atomic.Int64
+
+// T is the part of testing.TB the helpers use, so a program (the demo) can
+// use them too.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	Failed() bool
+}
 
 // RequireRoot skips t unless it runs as root with the ip tool present.
 func RequireRoot(t testing.TB) {
@@ -37,7 +52,7 @@ func (n NS) Path() string { return "/run/netns/" + n.Name }
 
 // New makes a namespace with loopback up and removes it when t ends.
 // label shows in the name; names are unique per process.
-func New(t testing.TB, label string) NS {
+func New(t T, label string) NS {
 	t.Helper()
 	n := NS{Name: fmt.Sprintf("vxt%d-%d-%s", os.Getpid()%100000, seq.Add(1), label)}
 	MustIP(t, "netns", "add", n.Name)
@@ -47,7 +62,7 @@ func New(t testing.TB, label string) NS {
 }
 
 // MustIP runs `ip ARGS...` in the caller's namespace and fails t on error.
-func MustIP(t testing.TB, args ...string) string {
+func MustIP(t T, args ...string) string {
 	t.Helper()
 	out, err := run("ip", args...)
 	if err != nil {
@@ -57,7 +72,7 @@ func MustIP(t testing.TB, args ...string) string {
 }
 
 // MustIP runs `ip ARGS...` inside n and fails t on error.
-func (n NS) MustIP(t testing.TB, args ...string) string {
+func (n NS) MustIP(t T, args ...string) string {
 	t.Helper()
 	return MustIP(t, append([]string{"-n", n.Name}, args...)...)
 }
@@ -94,7 +109,7 @@ type Underlay struct {
 }
 
 // NewUnderlay makes a switch for hosts in a /prefix network.
-func NewUnderlay(t testing.TB, prefix int) *Underlay {
+func NewUnderlay(t T, prefix int) *Underlay {
 	t.Helper()
 	sw := New(t, "sw")
 	sw.MustIP(t, "link", "add", "br0", "type", "bridge")
@@ -104,7 +119,7 @@ func NewUnderlay(t testing.TB, prefix int) *Underlay {
 
 // Plug connects n to the switch with a link named dev holding addr, with
 // the given MTU (0 keeps the default).
-func (u *Underlay) Plug(t testing.TB, n NS, dev, addr string, mtu int) {
+func (u *Underlay) Plug(t T, n NS, dev, addr string, mtu int) {
 	t.Helper()
 	u.n++
 	port := fmt.Sprintf("p%d", u.n)
@@ -121,7 +136,7 @@ func (u *Underlay) Plug(t testing.TB, n NS, dev, addr string, mtu int) {
 // Attach does what libnetwork does with an interface a network driver
 // returns: moves it from host into container, names it, sets its MAC and
 // address and brings it up.
-func Attach(t testing.TB, host, container NS, src, name, mac, cidr string) {
+func Attach(t T, host, container NS, src, name, mac, cidr string) {
 	t.Helper()
 	host.MustIP(t, "link", "set", src, "netns", container.Name)
 	container.MustIP(t, "link", "set", src, "name", name)
@@ -130,4 +145,65 @@ func Attach(t testing.TB, host, container NS, src, name, mac, cidr string) {
 	}
 	container.MustIP(t, "addr", "add", cidr, "dev", name)
 	container.MustIP(t, "link", "set", name, "up")
+}
+
+// Dial opens a connection from inside n. The socket keeps n's network stack
+// for its whole life, so any goroutine may use it: this is how a test
+// process talks to servers on a simulated underlay it has no address on.
+func (n NS) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := n.Do(func() error {
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// Listen opens a listener inside n, usable from any goroutine.
+func (n NS) Listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := n.Do(func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
+// Do runs fn on a locked OS thread switched into n. A thread that cannot
+// switch back is never unlocked, so Go retires it.
+func (n NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromPath(n.Path())
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		fnErr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("return from namespace %s: %w", n.Name, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- fnErr
+	}()
+	return <-errc
 }

@@ -1,0 +1,259 @@
+// Package lab builds a multi-host vxnet lab on one machine: simulated hosts
+// (network namespaces) on an underlay switch, etcd in a namespace of its
+// own, and a vxnet plugin process per host. Tests and the demo drive the
+// plugins through their sockets exactly as Docker's libnetwork does.
+//
+// Addresses: underlay 192.0.2.0/24 (etcd .2, host i at .10+i); overlays
+// use 198.18.0.0/15. Everything is made inside namespaces the lab creates
+// and is removed by the cleanups it registers.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/etcdtest"
+	"github.com/vxnet/vxnet/internal/nstest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+)
+
+// EtcdAddr is etcd's underlay address.
+const EtcdAddr = "192.0.2.2"
+
+// Lab is a running lab.
+type Lab struct {
+	t     nstest.T
+	dir   string
+	bin   string
+	Etcd  *Etcd
+	Hosts []*Host
+}
+
+// Etcd is the lab's etcd server.
+type Etcd struct {
+	NS       nstest.NS
+	Endpoint string
+	cmd      *exec.Cmd
+	cli      *clientv3.Client
+}
+
+// Host is a simulated host.
+type Host struct {
+	Name     string
+	NS       nstest.NS
+	Addr     string // underlay address
+	Socket   string
+	NetnsDir string
+	LogPath  string
+	Env      []string // extra settings, KEY=VALUE
+	cmd      *exec.Cmd
+	lab      *Lab
+}
+
+// New makes the underlay, etcd and n hosts; it starts no plugin. bin is
+// the vxnet binary; dir holds sockets, logs, pinned namespaces.
+func New(t nstest.T, dir, bin string, n int) *Lab {
+	t.Helper()
+	l := &Lab{t: t, dir: dir, bin: bin}
+	u := nstest.NewUnderlay(t, 24)
+	l.Etcd = &Etcd{NS: nstest.New(t, "etcd"), Endpoint: "http://" + EtcdAddr + ":2379"}
+	u.Plug(t, l.Etcd.NS, "eth0", EtcdAddr, 0)
+	l.Etcd.Start(t, dir)
+	for i := 1; i <= n; i++ {
+		name := fmt.Sprintf("h%d", i)
+		h := &Host{
+			Name:     name,
+			NS:       nstest.New(t, name),
+			Addr:     fmt.Sprintf("192.0.2.%d", 10+i),
+			Socket:   filepath.Join(dir, name, "vxnet.sock"),
+			NetnsDir: filepath.Join(dir, name, "netns"),
+			LogPath:  filepath.Join(dir, name, "vxnet.log"),
+			lab:      l,
+		}
+		u.Plug(t, h.NS, "eth0", h.Addr, 0)
+		h.NS.MustIP(t, "route", "add", "default", "via", "192.0.2.1", "dev", "eth0")
+		if err := os.MkdirAll(filepath.Dir(h.Socket), 0o755); err != nil {
+			t.Fatalf("%v", err)
+		}
+		t.Cleanup(h.unpinAll)
+		l.Hosts = append(l.Hosts, h)
+	}
+	return l
+}
+
+// Start runs etcd in its namespace and waits until it answers.
+func (e *Etcd) Start(t nstest.T, dir string) {
+	t.Helper()
+	data := filepath.Join(dir, "etcd")
+	args := append([]string{"netns", "exec", e.NS.Name},
+		etcdtest.Args("etcd", data, e.Endpoint, "http://"+EtcdAddr+":2380")...)
+	e.cmd = exec.Command("ip", args...)
+	if err := e.cmd.Start(); err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(e.Stop)
+	if e.cli == nil {
+		cli, err := clientv3.New(clientv3.Config{
+			Endpoints:   []string{EtcdAddr + ":2379"},
+			Logger:      zap.NewNop(),
+			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return e.NS.Dial(ctx, "tcp", addr) })},
+		})
+		if err != nil {
+			t.Fatalf("etcd client: %v", err)
+		}
+		e.cli = cli
+		t.Cleanup(func() { cli.Close() })
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := e.cli.Get(ctx, "health")
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd did not come up: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop ends etcd, the process this lab started.
+func (e *Etcd) Stop() {
+	if e.cmd != nil && e.cmd.ProcessState == nil {
+		e.cmd.Process.Signal(syscall.SIGTERM)
+		e.cmd.Wait()
+	}
+}
+
+// Keys lists the etcd keys under prefix.
+func (e *Etcd) Keys(t nstest.T, prefix string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := e.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatalf("list etcd keys: %v", err)
+	}
+	var out []string
+	for _, kv := range resp.Kvs {
+		out = append(out, string(kv.Key))
+	}
+	return out
+}
+
+// Start runs the plugin on h with the lab's settings plus h.Env and env,
+// and waits for its socket.
+func (h *Host) Start(env ...string) {
+	t := h.lab.t
+	t.Helper()
+	logf, err := os.OpenFile(h.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	defer logf.Close()
+	os.Remove(h.Socket)
+	// nsenter, not `ip netns exec`: the plugin must share the host's mount
+	// namespace, or the namespaces it pins are visible to it alone.
+	h.cmd = exec.Command("nsenter", "--net="+h.NS.Path(), h.lab.bin, "plugin")
+	h.cmd.Env = append(append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"VXNET_SOCKET=" + h.Socket,
+		"VXNET_NETNS_DIR=" + h.NetnsDir,
+		"VXNET_STATE_DIR=" + filepath.Join(filepath.Dir(h.Socket), "state"),
+		"VXNET_ETCD_ENDPOINTS=" + h.lab.Etcd.Endpoint,
+		"VXNET_NODE_NAME=" + h.Name,
+		"VXNET_LOG_LEVEL=debug",
+	}, h.Env...), env...)
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	if err := h.cmd.Start(); err != nil {
+		t.Fatalf("start plugin on %s: %v", h.Name, err)
+	}
+	t.Cleanup(func() {
+		h.Stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(h.LogPath)
+			t.Logf("plugin log of %s:\n%s", h.Name, tail(string(b), 60))
+		}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(h.Socket); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(h.LogPath)
+			t.Fatalf("plugin on %s has no socket after 5 s:\n%s", h.Name, b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Stop ends the plugin of h gracefully (SIGTERM), if it runs.
+func (h *Host) Stop() { h.signal(syscall.SIGTERM) }
+
+// Kill ends the plugin of h with SIGKILL, as a crash would.
+func (h *Host) Kill() { h.signal(syscall.SIGKILL) }
+
+func (h *Host) signal(sig syscall.Signal) {
+	if h.cmd == nil || h.cmd.ProcessState != nil {
+		return
+	}
+	h.cmd.Process.Signal(sig)
+	done := make(chan struct{})
+	go func() { h.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		h.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// unpinAll removes namespaces the plugin left pinned, so the lab's
+// directory can go. Normal teardown removes them itself.
+func (h *Host) unpinAll() {
+	entries, _ := os.ReadDir(h.NetnsDir)
+	for _, e := range entries {
+		p := filepath.Join(h.NetnsDir, e.Name())
+		syscall.Unmount(p, syscall.MNT_DETACH)
+		os.Remove(p)
+	}
+}
+
+// NetNSPath is where h pins the namespace of network nid.
+func (h *Host) NetNSPath(nid string) string { return filepath.Join(h.NetnsDir, nid) }
+
+// InNetwork runs a command in the namespace of network nid on h, such as
+// `bridge fdb show`.
+func (h *Host) InNetwork(nid string, args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"--net=" + h.NetNSPath(nid)}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// NewID returns a random 64-hex ID like Docker's.
+func NewID() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func tail(s string, lines int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return strings.Join(l, "\n")
+}

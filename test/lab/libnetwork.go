@@ -1,0 +1,169 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/vxnet/vxnet/internal/nstest"
+)
+
+// Call posts a protocol request to the plugin of h, as Docker does, and
+// decodes the answer into resp. An {"Err": ...} answer comes back as an
+// error holding the plugin's words.
+func (h *Host) Call(route string, req, resp any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	c := http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", h.Socket)
+		},
+	}}
+	r, err := c.Post("http://plugin/"+route, "application/vnd.docker.plugins.v1.2+json", bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("%s on %s: %w", route, h.Name, err)
+	}
+	defer r.Body.Close()
+	var raw json.RawMessage
+	if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
+		return fmt.Errorf("%s on %s: decode answer: %w", route, h.Name, err)
+	}
+	var e network.ErrorResponse
+	if json.Unmarshal(raw, &e) == nil && e.Err != "" {
+		return errors.New(e.Err)
+	}
+	if r.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s on %s: status %d: %s", route, h.Name, r.StatusCode, raw)
+	}
+	if resp != nil {
+		return json.Unmarshal(raw, resp)
+	}
+	return nil
+}
+
+// Pool is one subnet of a network and its gateway.
+type Pool struct{ Subnet, Gateway string }
+
+func ipamData(pools []Pool) []*network.IPAMData {
+	var out []*network.IPAMData
+	for _, p := range pools {
+		bits := p.Subnet[strings.Index(p.Subnet, "/"):]
+		out = append(out, &network.IPAMData{AddressSpace: "LocalDefault", Pool: p.Subnet, Gateway: p.Gateway + bits})
+	}
+	return out
+}
+
+// CreateNetwork does what swarm does for `docker network create -d vxnet`:
+// AllocateNetwork on the manager (the first host), then CreateNetwork on
+// every host with what the manager returned. It returns those options.
+func (l *Lab) CreateNetwork(nid string, opts map[string]string, pools ...Pool) (map[string]string, error) {
+	v4 := ipamData(pools)
+	alloc := network.AllocateNetworkRequest{NetworkID: nid, Options: opts}
+	for _, d := range v4 {
+		alloc.IPv4Data = append(alloc.IPv4Data, network.IPAMData{Pool: d.Pool, Gateway: d.Gateway})
+	}
+	var res network.AllocateNetworkResponse
+	if err := l.Hosts[0].Call("NetworkDriver.AllocateNetwork", alloc, &res); err != nil {
+		return nil, err
+	}
+	generic := map[string]any{}
+	for k, v := range res.Options {
+		generic[k] = v
+	}
+	for _, h := range l.Hosts {
+		if err := h.CreateNetwork(nid, generic, v4); err != nil {
+			return nil, err
+		}
+	}
+	return res.Options, nil
+}
+
+// CreateNetwork sends one host's CreateNetwork.
+func (h *Host) CreateNetwork(nid string, generic map[string]any, v4 []*network.IPAMData) error {
+	return h.Call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{
+		NetworkID: nid,
+		Options:   map[string]any{"com.docker.network.enable_ipv6": false, "com.docker.network.generic": generic},
+		IPv4Data:  v4,
+	}, nil)
+}
+
+// RemoveNetwork does what swarm does for `docker network rm`: DeleteNetwork
+// on every host, then FreeNetwork on the manager.
+func (l *Lab) RemoveNetwork(nid string) error {
+	var errs []error
+	for _, h := range l.Hosts {
+		errs = append(errs, h.Call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil))
+	}
+	errs = append(errs, l.Hosts[0].Call("NetworkDriver.FreeNetwork", network.FreeNetworkRequest{NetworkID: nid}, nil))
+	return errors.Join(errs...)
+}
+
+// Container is a simulated container: a namespace holding the interface
+// the plugin gave it.
+type Container struct {
+	NS     nstest.NS
+	Host   *Host
+	NID    string
+	EID    string
+	IP     string // without length
+	MAC    string
+	Join   network.JoinResponse
+	srcDev string
+}
+
+// Run starts a container on h in network nid with address cidr, the way
+// libnetwork does: CreateEndpoint, Join, then move the returned interface
+// into the container, name it eth0, give it its MAC and address, bring it
+// up and add the returned routes.
+func (h *Host) Run(nid, cidr string) (*Container, error) {
+	t := h.lab.t
+	t.Helper()
+	c := &Container{Host: h, NID: nid, EID: NewID(), IP: strings.Split(cidr, "/")[0]}
+	var ce network.CreateEndpointResponse
+	if err := h.Call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{
+		NetworkID: nid, EndpointID: c.EID, Interface: &network.EndpointInterface{Address: cidr},
+		Options: map[string]any{},
+	}, &ce); err != nil {
+		return nil, err
+	}
+	if ce.Interface != nil {
+		c.MAC = ce.Interface.MacAddress
+	}
+	c.NS = nstest.New(t, "c")
+	if err := h.Call("NetworkDriver.Join", network.JoinRequest{
+		NetworkID: nid, EndpointID: c.EID, SandboxKey: c.NS.Path(), Options: map[string]any{},
+	}, &c.Join); err != nil {
+		return nil, err
+	}
+	c.srcDev = c.Join.InterfaceName.SrcName
+	nstest.Attach(t, h.NS, c.NS, c.srcDev, "eth0", c.MAC, cidr)
+	for _, r := range c.Join.StaticRoutes {
+		c.NS.MustIP(t, "route", "add", r.Destination, "via", r.NextHop)
+	}
+	return c, nil
+}
+
+// Remove stops the container as Docker does: Leave, hand the interface
+// back to the host under its old name, DeleteEndpoint, then the sandbox goes.
+func (c *Container) Remove() error {
+	if err := c.Host.Call("NetworkDriver.Leave", network.LeaveRequest{NetworkID: c.NID, EndpointID: c.EID}, nil); err != nil {
+		return err
+	}
+	// As libnetwork: best effort, the interface may be gone with its network.
+	exec.Command("ip", "-n", c.NS.Name, "link", "set", "eth0", "name", c.srcDev, "netns", c.Host.NS.Name).Run()
+	if err := c.Host.Call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: c.NID, EndpointID: c.EID}, nil); err != nil {
+		return err
+	}
+	return exec.Command("ip", "netns", "del", c.NS.Name).Run()
+}

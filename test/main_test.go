@@ -1,0 +1,55 @@
+// Package test holds vxnet's end-to-end tests. They need root: each builds
+// a lab of simulated hosts (see package lab) and drives real vxnet
+// processes, a real etcd and the real kernel.
+package test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/nstest"
+	"github.com/vxnet/vxnet/test/lab"
+)
+
+// vxnetBin is the binary under test, built once by TestMain.
+var vxnetBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "vxnet-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		vxnetBin = filepath.Join(dir, "vxnet")
+		build := exec.Command("go", "build", "-o", vxnetBin, "../cmd/vxnet")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build vxnet: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// newLab makes a lab of n hosts, each running vxnet with env added.
+func newLab(t *testing.T, n int, env ...string) *lab.Lab {
+	t.Helper()
+	nstest.RequireRoot(t)
+	for _, bin := range []string{"etcd", "nsenter", "ping"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("needs %s (apt-get install etcd-server util-linux iputils-ping)", bin)
+		}
+	}
+	l := lab.New(t, t.TempDir(), vxnetBin, n)
+	for _, h := range l.Hosts {
+		h.Start(env...)
+	}
+	return l
+}
