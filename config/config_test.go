@@ -1,6 +1,9 @@
 package config
 
 import (
+	"encoding/json"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -50,5 +53,47 @@ func TestLoadRefusesBadValues(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Load(%v) = %v; want an error containing %q", tc.env, err, tc.want)
 		}
+	}
+}
+
+// config.json must offer every setting to `docker plugin set`, with the
+// same default.
+func TestPluginConfigOffersEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../config.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Env []struct {
+			Name     string
+			Value    string
+			Settable []string
+		}
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	offered := map[string]string{}
+	for _, e := range cfg.Env {
+		if !slices.Contains(e.Settable, "value") {
+			t.Errorf("%s is not settable", e.Name)
+		}
+		offered[e.Name] = e.Value
+	}
+	for _, st := range table {
+		if st.env == "VXNET_SOCKET" {
+			continue // fixed by config.json's interface.socket
+		}
+		v, ok := offered[st.env]
+		if !ok {
+			t.Errorf("config.json lacks %s", st.env)
+			continue
+		}
+		if v != "" && v != st.def {
+			t.Errorf("config.json sets %s=%q; the built-in default is %q", st.env, v, st.def)
+		}
+	}
+	if len(offered) != len(table)-1 {
+		t.Errorf("config.json offers %d settings; the table has %d besides the socket", len(offered), len(table)-1)
 	}
 }

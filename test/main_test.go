@@ -44,7 +44,7 @@ func newLab(t *testing.T, n int, env ...string) *lab.Lab {
 	nstest.RequireRoot(t)
 	for _, bin := range []string{"etcd", "nsenter", "ping"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s (apt-get install etcd-server util-linux iputils-ping)", bin)
+			nstest.Unavailable(t, "needs "+bin+" (make setup)")
 		}
 	}
 	l := lab.New(t, t.TempDir(), vxnetBin, n)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/nstest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -26,7 +27,7 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
-		t.Skip("needs an etcd binary (apt-get install etcd-server)")
+		nstest.Unavailable(t, "needs an etcd binary (make setup)")
 	}
 	s := &Server{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))

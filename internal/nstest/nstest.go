@@ -35,11 +35,21 @@ type T interface {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and devices (run: sudo go test ./...)")
+		Unavailable(t, "needs root: creates network namespaces and devices (run: sudo make test)")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip")
+		Unavailable(t, "needs iproute2's ip (make setup)")
 	}
+}
+
+// Unavailable skips t for a missing prerequisite, or fails it when
+// VXNET_TEST_STRICT=1 (as in CI), where a skip would hide a broken setup.
+func Unavailable(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("VXNET_TEST_STRICT") == "1" {
+		t.Fatal(why + " (VXNET_TEST_STRICT=1)")
+	}
+	t.Skip(why)
 }
 
 // NS is a named network namespace, like one made by `ip netns add`.

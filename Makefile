@@ -1,0 +1,48 @@
+# vxnet build, test and lab targets. The lab and most tests need root.
+export PATH := $(PATH):/usr/local/go/bin
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BIN     := bin/vxnet
+PLUGIN  := build/plugin
+NAME    ?= vxnet
+TAG     ?= latest
+
+.PHONY: all build test test-unit demo setup plugin plugin-create clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/vxnet
+
+# Debian packages the tests and the lab use.
+setup:
+	./scripts/setup
+
+# Every test: unit tests and the multi-host lab (root).
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+# Tests that need neither root nor etcd.
+test-unit:
+	$(GO) test -count=1 ./config ./driver ./plugin
+
+demo: build
+	$(GO) run ./test/demo -bin $(BIN)
+
+# The managed plugin's directory: config.json and a rootfs holding only
+# the static binary. No image is pulled; `make plugin-create` installs it
+# as $(NAME):$(TAG) on this Docker.
+plugin: build
+	rm -rf $(PLUGIN)
+	mkdir -p $(PLUGIN)/rootfs/etc $(PLUGIN)/rootfs/run/docker/plugins $(PLUGIN)/rootfs/run/vxnet $(PLUGIN)/rootfs/var/lib/vxnet $(PLUGIN)/rootfs/proc $(PLUGIN)/rootfs/sys $(PLUGIN)/rootfs/dev $(PLUGIN)/rootfs/tmp
+	touch $(PLUGIN)/rootfs/etc/hosts $(PLUGIN)/rootfs/etc/resolv.conf
+	cp $(BIN) $(PLUGIN)/rootfs/vxnet
+	cp config.json $(PLUGIN)/config.json
+
+plugin-create: plugin
+	mkdir -p /run/vxnet /var/lib/vxnet
+	docker plugin create $(NAME):$(TAG) $(PLUGIN)
+
+clean:
+	rm -rf bin build
