@@ -97,3 +97,15 @@ func TestPluginConfigOffersEverySetting(t *testing.T) {
 		t.Errorf("config.json offers %d settings; the table has %d besides the socket", len(offered), len(table)-1)
 	}
 }
+
+func TestREADMEListsEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range table {
+		if !strings.Contains(string(b), "`"+st.env+"`") {
+			t.Errorf("README.md does not document %s (paste `vxnet settings`)", st.env)
+		}
+	}
+}
