@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -33,8 +34,9 @@ type Store struct {
 	prefix string
 	log    *logrus.Entry
 
-	ready chan struct{} // closed once cli is set
-	cli   *clientv3.Client
+	ready   chan struct{} // closed once cli is set
+	cli     *clientv3.Client
+	lastErr atomic.Pointer[error] // why the last connection attempt failed
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 }
@@ -84,6 +86,7 @@ func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
 			close(s.ready)
 			return
 		}
+		s.lastErr.Store(&err)
 		s.log.WithError(err).Warnf("connecting to etcd at %s; retrying", strings.Join(s.cfg.Endpoints, ","))
 		select {
 		case <-ctx.Done():
@@ -109,6 +112,9 @@ var ErrUnavailable = errors.New("etcd unavailable")
 
 // unreachable wraps an error of an etcd call that did not get an answer.
 func (s *Store) unreachable(err error) error {
+	if last := s.lastErr.Load(); last != nil {
+		err = fmt.Errorf("%v; last connection attempt: %v", err, *last)
+	}
 	return fmt.Errorf("%w: no answer from %s (%v): check VXNET_ETCD_ENDPOINTS, the etcd TLS and auth settings, and that etcd is running",
 		ErrUnavailable, strings.Join(s.cfg.Endpoints, ","), err)
 }
