@@ -37,8 +37,8 @@ type Store struct {
 	ready   chan struct{} // closed once cli is set
 	cli     *clientv3.Client
 	lastErr atomic.Pointer[error] // why the last connection attempt failed
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // Open starts connecting to etcd and returns immediately.

@@ -35,7 +35,9 @@ func (r *recorder) FreeNetwork(_ context.Context, nid string) error { return r.n
 func (r *recorder) CreateNetwork(_ context.Context, q driver.NetworkRequest) error {
 	return r.note("create %s %v %v v6=%v", q.NID, q.Options, q.IPv4, q.HasIPv6)
 }
-func (r *recorder) DeleteNetwork(_ context.Context, nid string) error { return r.note("delete %s", nid) }
+func (r *recorder) DeleteNetwork(_ context.Context, nid string) error {
+	return r.note("delete %s", nid)
+}
 func (r *recorder) CreateEndpoint(_ context.Context, nid, eid, a, a6, mac string) (string, error) {
 	return "02:56:00:00:00:01", r.note("createep %s %.8s %q %q %q", nid, eid, a, a6, mac)
 }

@@ -25,11 +25,15 @@ type runner struct {
 	failed   bool
 }
 
-func (r *runner) Helper()                           {}
-func (r *runner) Failed() bool                      { return r.failed }
-func (r *runner) Cleanup(fn func())                 { r.cleanups = append(r.cleanups, fn) }
-func (r *runner) Logf(format string, args ...any)   { fmt.Printf(format+"\n", args...) }
-func (r *runner) Fatalf(format string, args ...any) { r.failed = true; r.Logf("FAILED: "+format, args...); r.exit(1) }
+func (r *runner) Helper()                         {}
+func (r *runner) Failed() bool                    { return r.failed }
+func (r *runner) Cleanup(fn func())               { r.cleanups = append(r.cleanups, fn) }
+func (r *runner) Logf(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+func (r *runner) Fatalf(format string, args ...any) {
+	r.failed = true
+	r.Logf("FAILED: "+format, args...)
+	r.exit(1)
+}
 
 func (r *runner) exit(code int) {
 	for i := len(r.cleanups) - 1; i >= 0; i-- {
