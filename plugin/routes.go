@@ -15,52 +15,52 @@ const genericKey = "com.docker.network.generic"
 type none struct{}
 
 func (h *Handler) routes() {
-	handle(h, "NetworkDriver.GetCapabilities", func(context.Context, *none) (any, error) {
+	always(h, "NetworkDriver.GetCapabilities", func(context.Context, *none) (any, error) {
 		return network.CapabilitiesResponse{Scope: network.GlobalScope, ConnectivityScope: network.GlobalScope}, nil
 	})
-	handle(h, "NetworkDriver.AllocateNetwork", func(ctx context.Context, r *network.AllocateNetworkRequest) (any, error) {
-		opts, err := h.d.AllocateNetwork(ctx, driver.NetworkRequest{
+	handle(h, "NetworkDriver.AllocateNetwork", func(ctx context.Context, d Driver, r *network.AllocateNetworkRequest) (any, error) {
+		opts, err := d.AllocateNetwork(ctx, driver.NetworkRequest{
 			NID: r.NetworkID, Options: r.Options, IPv4: ipam(r.IPv4Data), HasIPv6: len(r.IPv6Data) > 0,
 		})
 		return network.AllocateNetworkResponse{Options: opts}, err
 	})
-	handle(h, "NetworkDriver.FreeNetwork", func(ctx context.Context, r *network.FreeNetworkRequest) (any, error) {
-		return nil, h.d.FreeNetwork(ctx, r.NetworkID)
+	handle(h, "NetworkDriver.FreeNetwork", func(ctx context.Context, d Driver, r *network.FreeNetworkRequest) (any, error) {
+		return nil, d.FreeNetwork(ctx, r.NetworkID)
 	})
-	handle(h, "NetworkDriver.CreateNetwork", func(ctx context.Context, r *network.CreateNetworkRequest) (any, error) {
+	handle(h, "NetworkDriver.CreateNetwork", func(ctx context.Context, d Driver, r *network.CreateNetworkRequest) (any, error) {
 		var v4 []network.IPAMData
 		for _, d := range r.IPv4Data {
 			if d != nil {
 				v4 = append(v4, *d)
 			}
 		}
-		return nil, h.d.CreateNetwork(ctx, driver.NetworkRequest{
+		return nil, d.CreateNetwork(ctx, driver.NetworkRequest{
 			NID: r.NetworkID, Options: generic(r.Options), IPv4: ipam(v4), HasIPv6: len(r.IPv6Data) > 0,
 		})
 	})
-	handle(h, "NetworkDriver.DeleteNetwork", func(ctx context.Context, r *network.DeleteNetworkRequest) (any, error) {
-		return nil, h.d.DeleteNetwork(ctx, r.NetworkID)
+	handle(h, "NetworkDriver.DeleteNetwork", func(ctx context.Context, d Driver, r *network.DeleteNetworkRequest) (any, error) {
+		return nil, d.DeleteNetwork(ctx, r.NetworkID)
 	})
-	handle(h, "NetworkDriver.CreateEndpoint", func(ctx context.Context, r *network.CreateEndpointRequest) (any, error) {
+	handle(h, "NetworkDriver.CreateEndpoint", func(ctx context.Context, d Driver, r *network.CreateEndpointRequest) (any, error) {
 		var in network.EndpointInterface
 		if r.Interface != nil {
 			in = *r.Interface
 		}
-		mac, err := h.d.CreateEndpoint(ctx, r.NetworkID, r.EndpointID, in.Address, in.AddressIPv6, in.MacAddress)
+		mac, err := d.CreateEndpoint(ctx, r.NetworkID, r.EndpointID, in.Address, in.AddressIPv6, in.MacAddress)
 		if err != nil || mac == "" {
 			return network.CreateEndpointResponse{}, err
 		}
 		return network.CreateEndpointResponse{Interface: &network.EndpointInterface{MacAddress: mac}}, nil
 	})
-	handle(h, "NetworkDriver.DeleteEndpoint", func(ctx context.Context, r *network.DeleteEndpointRequest) (any, error) {
-		return nil, h.d.DeleteEndpoint(ctx, r.NetworkID, r.EndpointID)
+	handle(h, "NetworkDriver.DeleteEndpoint", func(ctx context.Context, d Driver, r *network.DeleteEndpointRequest) (any, error) {
+		return nil, d.DeleteEndpoint(ctx, r.NetworkID, r.EndpointID)
 	})
-	handle(h, "NetworkDriver.EndpointOperInfo", func(_ context.Context, r *network.InfoRequest) (any, error) {
-		v, err := h.d.EndpointInfo(r.NetworkID, r.EndpointID)
+	handle(h, "NetworkDriver.EndpointOperInfo", func(_ context.Context, d Driver, r *network.InfoRequest) (any, error) {
+		v, err := d.EndpointInfo(r.NetworkID, r.EndpointID)
 		return network.InfoResponse{Value: v}, err
 	})
-	handle(h, "NetworkDriver.Join", func(ctx context.Context, r *network.JoinRequest) (any, error) {
-		res, err := h.d.Join(ctx, r.NetworkID, r.EndpointID)
+	handle(h, "NetworkDriver.Join", func(ctx context.Context, d Driver, r *network.JoinRequest) (any, error) {
+		res, err := d.Join(ctx, r.NetworkID, r.EndpointID)
 		if err != nil {
 			return nil, err
 		}
@@ -72,24 +72,24 @@ func (h *Handler) routes() {
 		}
 		return out, nil
 	})
-	handle(h, "NetworkDriver.Leave", func(ctx context.Context, r *network.LeaveRequest) (any, error) {
-		return nil, h.d.Leave(ctx, r.NetworkID, r.EndpointID)
+	handle(h, "NetworkDriver.Leave", func(ctx context.Context, d Driver, r *network.LeaveRequest) (any, error) {
+		return nil, d.Leave(ctx, r.NetworkID, r.EndpointID)
 	})
 	// Discovery tells a swarm node its own and its peers' addresses. vxnet
 	// takes its peers from etcd and its addresses from its settings.
-	handle(h, "NetworkDriver.DiscoverNew", func(_ context.Context, r *network.DiscoveryNotification) (any, error) {
+	always(h, "NetworkDriver.DiscoverNew", func(_ context.Context, r *network.DiscoveryNotification) (any, error) {
 		h.log.WithField("data", r.DiscoveryData).Debug("discovery: new")
 		return nil, nil
 	})
-	handle(h, "NetworkDriver.DiscoverDelete", func(_ context.Context, r *network.DiscoveryNotification) (any, error) {
+	always(h, "NetworkDriver.DiscoverDelete", func(_ context.Context, r *network.DiscoveryNotification) (any, error) {
 		h.log.WithField("data", r.DiscoveryData).Debug("discovery: delete")
 		return nil, nil
 	})
 	// Docker publishes ports itself through docker_gwbridge.
-	handle(h, "NetworkDriver.ProgramExternalConnectivity", func(context.Context, *network.ProgramExternalConnectivityRequest) (any, error) {
+	always(h, "NetworkDriver.ProgramExternalConnectivity", func(context.Context, *network.ProgramExternalConnectivityRequest) (any, error) {
 		return nil, nil
 	})
-	handle(h, "NetworkDriver.RevokeExternalConnectivity", func(context.Context, *network.RevokeExternalConnectivityRequest) (any, error) {
+	always(h, "NetworkDriver.RevokeExternalConnectivity", func(context.Context, *network.RevokeExternalConnectivityRequest) (any, error) {
 		return nil, nil
 	})
 }

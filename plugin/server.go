@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
@@ -37,17 +38,28 @@ type Driver interface {
 // contentType is what Docker's plugin client sends and expects.
 const contentType = "application/vnd.docker.plugins.v1.2+json"
 
-// Handler serves the protocol for d.
+// Handler serves the protocol. It answers from the moment it exists: until
+// it has a driver, calls that need one fail with the reason it has none.
 type Handler struct {
-	d       Driver
 	log     *logrus.Entry
 	timeout time.Duration
 	mux     *http.ServeMux
+	state   atomic.Pointer[driverState]
 }
 
-// NewHandler returns the protocol's HTTP handler.
+type driverState struct {
+	d   Driver
+	err error // why there is no driver yet
+}
+
+// NewHandler returns the protocol's HTTP handler, serving d if not nil.
 func NewHandler(d Driver, log *logrus.Entry, timeout time.Duration) *Handler {
-	h := &Handler{d: d, log: log, timeout: timeout, mux: http.NewServeMux()}
+	h := &Handler{log: log, timeout: timeout, mux: http.NewServeMux()}
+	if d != nil {
+		h.SetDriver(d)
+	} else {
+		h.NotReady(errors.New("starting"))
+	}
 	h.mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver"}})
 	})
@@ -57,8 +69,26 @@ func NewHandler(d Driver, log *logrus.Entry, timeout time.Duration) *Handler {
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-// handle registers a route whose request decodes into Req.
-func handle[Req any](h *Handler, route string, fn func(context.Context, *Req) (any, error)) {
+// SetDriver makes the handler serve d.
+func (h *Handler) SetDriver(d Driver) { h.state.Store(&driverState{d: d}) }
+
+// NotReady says why there is no driver yet; calls that need one return it.
+func (h *Handler) NotReady(why error) { h.state.Store(&driverState{err: why}) }
+
+// handle registers a route that needs the driver.
+func handle[Req any](h *Handler, route string, fn func(context.Context, Driver, *Req) (any, error)) {
+	always(h, route, func(ctx context.Context, r *Req) (any, error) {
+		st := h.state.Load()
+		if st.d == nil {
+			return nil, fmt.Errorf("not ready: %w", st.err)
+		}
+		return fn(ctx, st.d, r)
+	})
+}
+
+// always registers a route whose request decodes into Req and that works
+// with or without a driver.
+func always[Req any](h *Handler, route string, fn func(context.Context, *Req) (any, error)) {
 	h.mux.HandleFunc("POST /"+route, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		req := new(Req)

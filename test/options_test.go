@@ -135,3 +135,15 @@ func TestServesBeforeEtcd(t *testing.T) {
 		return err
 	})
 }
+
+// A plugin without a data path still answers, and says what to set.
+func TestServesWithoutDataPath(t *testing.T) {
+	l := newLab(t, 1)
+	h := l.Hosts[0]
+	h.Stop()
+	h.Start("VXNET_DATA_ADDR=198.51.100.77")
+	_, err := l.CreateNetwork("n"+lab.NewID()[:10], nil, net1)
+	if err == nil || !strings.Contains(err.Error(), "not ready: data path (VXNET_DATA_ADDR): data address 198.51.100.77 is on no interface") {
+		t.Fatalf("create without a data path: %v; want vxnet's reason", err)
+	}
+}

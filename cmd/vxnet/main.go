@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -82,56 +83,25 @@ func runPlugin(args []string) error {
 	}
 	log := newLogger(s)
 
-	underlay, err := vxlan.ResolveUnderlay(s.DataAddr)
-	if err != nil {
-		return fmt.Errorf("data path (VXNET_DATA_ADDR): %w", err)
-	}
-	control := underlay.Addr
-	if s.ControlAddr != "" {
-		c, err := vxlan.ResolveUnderlay(s.ControlAddr)
-		if err != nil {
-			return fmt.Errorf("control address (VXNET_CONTROL_ADDR): %w", err)
-		}
-		control = c.Addr
-	}
-
 	// The socket comes first: Docker must reach the plugin at once, etcd
-	// or not.
+	// or not, and see vxnet's own words if something is missing.
 	l, err := plugin.Listen(s.Socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(s.Socket)
-
-	plane, err := vxlan.New(vxlan.Config{NSDir: s.NetnsDir, DataAddr: underlay.Addr, DataLink: underlay.Link, Port: s.VXLANPort})
-	if err != nil {
-		return err
-	}
-	defer plane.Close()
-	store, err := peerdb.Open(peerdb.Config{
-		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
-		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
-		Username: s.EtcdUser, Password: s.EtcdPassword,
-	}, log.WithField("part", "peerdb"))
-	if err != nil {
-		return err
-	}
-	defer store.Close()
+	h := plugin.NewHandler(nil, log.WithField("part", "plugin"), s.Timeout)
+	srv := &http.Server{Handler: h}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-
-	d := driver.New(driver.Config{Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange}, plane, store, log.WithField("part", "driver"))
-	go d.Run(ctx)
-	go publishNode(ctx, store, peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}, log)
-
-	srv := &http.Server{Handler: plugin.NewHandler(d, log.WithField("part", "plugin"), s.Timeout)}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	log.WithFields(logrus.Fields{
-		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
-		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "version": version,
-	}).Info("vxnet serving")
+	go func() {
+		if err := startDriver(ctx, s, h, log); err != nil {
+			errc <- err
+		}
+	}()
 
 	select {
 	case err := <-errc:
@@ -145,6 +115,69 @@ func runPlugin(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// startDriver finds the data path, retrying while it is missing (an
+// interface may come up after the plugin), then hands h a running driver.
+// Until then every request that needs the driver fails with the reason.
+func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log *logrus.Entry) error {
+	var underlay vxlan.Underlay
+	var control netip.Addr
+	for {
+		var err error
+		underlay, control, err = resolveAddrs(s)
+		if err == nil {
+			break
+		}
+		h.NotReady(err)
+		log.WithError(err).Error("not ready; retrying in 2s")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+	}
+	plane, err := vxlan.New(vxlan.Config{NSDir: s.NetnsDir, DataAddr: underlay.Addr, DataLink: underlay.Link, Port: s.VXLANPort})
+	if err != nil {
+		return err
+	}
+	store, err := peerdb.Open(peerdb.Config{
+		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
+		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
+		Username: s.EtcdUser, Password: s.EtcdPassword,
+	}, log.WithField("part", "peerdb"))
+	if err != nil {
+		return err
+	}
+	d := driver.New(driver.Config{Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange}, plane, store, log.WithField("part", "driver"))
+	go d.Run(ctx)
+	go publishNode(ctx, store, peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}, log)
+	h.SetDriver(d)
+	log.WithFields(logrus.Fields{
+		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
+		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "version": version,
+	}).Info("vxnet serving")
+	go func() {
+		<-ctx.Done()
+		store.Close()
+		plane.Close()
+	}()
+	return nil
+}
+
+func resolveAddrs(s config.Settings) (vxlan.Underlay, netip.Addr, error) {
+	underlay, err := vxlan.ResolveUnderlay(s.DataAddr)
+	if err != nil {
+		return underlay, netip.Addr{}, fmt.Errorf("data path (VXNET_DATA_ADDR): %w", err)
+	}
+	if s.ControlAddr == "" {
+		return underlay, underlay.Addr, nil
+	}
+	c, err := vxlan.ResolveUnderlay(s.ControlAddr)
+	if err != nil {
+		return underlay, netip.Addr{}, fmt.Errorf("control address (VXNET_CONTROL_ADDR): %w", err)
+	}
+	return underlay, c.Addr, nil
 }
 
 // publishNode writes this node's record once etcd answers.
