@@ -65,7 +65,8 @@ func main() {
 
 func newLogger(s config.Settings) *logrus.Entry {
 	log := logrus.New()
-	log.SetOutput(os.Stderr)
+	// stdout: Docker logs a managed plugin's stderr at error level, whatever it says.
+	log.SetOutput(os.Stdout)
 	if s.LogFormat == "json" {
 		log.SetFormatter(&logrus.JSONFormatter{})
 	} else {
