@@ -10,7 +10,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/vxnet ./cmd/vxnet \
- && mkdir -p /out/etc /out/run/docker/plugins /out/run/vxnet /out/var/lib/vxnet /out/tmp \
+ && mkdir -p /out/etc /out/run/docker/plugins /out/host/run /out/var/lib/vxnet /out/tmp \
  && touch /out/etc/hosts /out/etc/resolv.conf
 
 FROM scratch

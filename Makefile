@@ -35,13 +35,12 @@ demo: build
 # as $(NAME):$(TAG) on this Docker.
 plugin: build
 	rm -rf $(PLUGIN)
-	mkdir -p $(PLUGIN)/rootfs/etc $(PLUGIN)/rootfs/run/docker/plugins $(PLUGIN)/rootfs/run/vxnet $(PLUGIN)/rootfs/var/lib/vxnet $(PLUGIN)/rootfs/proc $(PLUGIN)/rootfs/sys $(PLUGIN)/rootfs/dev $(PLUGIN)/rootfs/tmp
+	mkdir -p $(PLUGIN)/rootfs/etc $(PLUGIN)/rootfs/run/docker/plugins $(PLUGIN)/rootfs/host/run $(PLUGIN)/rootfs/var/lib/vxnet $(PLUGIN)/rootfs/proc $(PLUGIN)/rootfs/sys $(PLUGIN)/rootfs/dev $(PLUGIN)/rootfs/tmp
 	touch $(PLUGIN)/rootfs/etc/hosts $(PLUGIN)/rootfs/etc/resolv.conf
 	cp $(BIN) $(PLUGIN)/rootfs/vxnet
 	cp config.json $(PLUGIN)/config.json
 
 plugin-create: plugin
-	mkdir -p /run/vxnet /var/lib/vxnet
 	docker plugin create $(NAME):$(TAG) $(PLUGIN)
 
 clean:

@@ -89,6 +89,12 @@ func TestPluginConfigOffersEverySetting(t *testing.T) {
 			t.Errorf("config.json lacks %s", st.env)
 			continue
 		}
+		if st.env == "VXNET_NETNS_DIR" {
+			if v != "/host/run/vxnet/netns" {
+				t.Errorf("config.json pins namespaces at %q; want them on the host's /run, mounted at /host/run", v)
+			}
+			continue
+		}
 		if v != "" && v != st.def {
 			t.Errorf("config.json sets %s=%q; the built-in default is %q", st.env, v, st.def)
 		}
@@ -107,5 +113,38 @@ func TestREADMEListsEverySetting(t *testing.T) {
 		if !strings.Contains(string(b), "`"+st.env+"`") {
 			t.Errorf("README.md does not document %s (paste `vxnet settings`)", st.env)
 		}
+	}
+}
+
+// Docker makes a plugin's root mount rshared only when the plugin has a
+// propagated mount. Without it the bind of the host's /run is a slave, and
+// namespaces pinned under it never reach the host: they would die with the
+// plugin process, and the data plane with them.
+func TestPluginConfigPropagatesPinsToTheHost(t *testing.T) {
+	b, err := os.ReadFile("../config.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		PropagatedMount string
+		Mounts          []struct {
+			Source, Destination string
+			Options             []string
+		}
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PropagatedMount == "" {
+		t.Error("config.json has no propagatedmount: the root mount would not be rshared")
+	}
+	found := false
+	for _, m := range cfg.Mounts {
+		if m.Source == "/run" && m.Destination == "/host/run" && slices.Contains(m.Options, "rshared") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("config.json does not bind the host's /run rshared at /host/run")
 	}
 }

@@ -14,8 +14,9 @@ import (
 	"github.com/vxnet/vxnet/test/lab"
 )
 
-// vxnetBin is the binary under test, built once by TestMain.
-var vxnetBin string
+// vxnetBin is the binary under test and pluginDir the managed plugin made
+// from it (config.json + rootfs), both built once by TestMain.
+var vxnetBin, pluginDir string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 {
@@ -24,9 +25,8 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		vxnetBin = filepath.Join(dir, "vxnet")
-		build := exec.Command("go", "build", "-o", vxnetBin, "../cmd/vxnet")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		vxnetBin, pluginDir = filepath.Join(dir, "vxnet"), filepath.Join(dir, "plugin")
+		build := exec.Command("make", "-C", "..", "plugin", "BIN="+vxnetBin, "PLUGIN="+pluginDir)
 		if out, err := build.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build vxnet: %v\n%s", err, out)
 			os.Exit(1)

@@ -33,11 +33,12 @@ const EtcdAddr = "192.0.2.2"
 
 // Lab is a running lab.
 type Lab struct {
-	t     nstest.T
-	dir   string
-	bin   string
-	Etcd  *Etcd
-	Hosts []*Host
+	t        nstest.T
+	dir      string
+	bin      string
+	underlay *nstest.Underlay
+	Etcd     *Etcd
+	Hosts    []*Host
 }
 
 // Etcd is the lab's etcd server.
@@ -53,6 +54,7 @@ type Host struct {
 	Name     string
 	NS       nstest.NS
 	Addr     string // underlay address
+	DataAddr string // address on the second underlay, if AddDataLinks made one
 	Socket   string
 	NetnsDir string
 	LogPath  string
@@ -67,6 +69,7 @@ func New(t nstest.T, dir, bin string, n int) *Lab {
 	t.Helper()
 	l := &Lab{t: t, dir: dir, bin: bin}
 	u := nstest.NewUnderlay(t, 24)
+	l.underlay = u
 	l.Etcd = &Etcd{NS: nstest.New(t, "etcd"), Endpoint: "http://" + EtcdAddr + ":2379"}
 	u.Plug(t, l.Etcd.NS, "eth0", EtcdAddr, 0)
 	l.Etcd.Start(t, dir)
@@ -90,6 +93,19 @@ func New(t nstest.T, dir, bin string, n int) *Lab {
 		l.Hosts = append(l.Hosts, h)
 	}
 	return l
+}
+
+// AddDataLinks gives every host a second link, eth1, on a second underlay
+// (198.51.100.0/24, host i at .10+i): a data path apart from the control
+// path on eth0.
+func (l *Lab) AddDataLinks() {
+	t := l.t
+	t.Helper()
+	u := nstest.NewUnderlay(t, 24)
+	for i, h := range l.Hosts {
+		h.DataAddr = fmt.Sprintf("198.51.100.%d", 11+i)
+		u.Plug(t, h.NS, "eth1", h.DataAddr, 0)
+	}
 }
 
 // Start runs etcd in its namespace and waits until it answers.

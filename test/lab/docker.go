@@ -1,0 +1,332 @@
+package lab
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/nstest"
+)
+
+// RegistryAddr is where the lab's image registry (Debian's docker-registry)
+// listens: plugins are pushed there and installed from there, as a user would.
+const RegistryAddr = "192.0.2.3:5000"
+
+// DockerCLI is Debian's docker client, matching the lab's dockerd 20.10.
+const DockerCLI = "/usr/bin/docker"
+
+// Daemon is a real dockerd on a simulated host: in the host's network
+// namespace and a mount namespace of its own, with a private /run (so
+// /run/docker/plugins and /run/vxnet are per host, as on real machines),
+// its own data-root, exec-root and API socket.
+type Daemon struct {
+	Host *Host
+	Dir  string
+	Sock string
+	cmd  *exec.Cmd
+}
+
+// Swarm is a lab whose hosts run dockerd in one swarm.
+type Swarm struct {
+	*Lab
+	Daemons  []*Daemon
+	Managers int
+	registry *exec.Cmd
+}
+
+// DockerAvailable reports what the Docker lab lacks on this machine, if anything.
+func DockerAvailable() error {
+	for _, bin := range []string{"dockerd", DockerCLI, "docker-registry", "busybox", "unshare", "nsenter", "tar"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("needs %s (make setup)", bin)
+		}
+	}
+	return nil
+}
+
+// NewSwarm starts etcd, a registry and a dockerd on each of the lab's
+// hosts, joins them into a swarm with managers managers, and imports a
+// busybox image on each.
+func NewSwarm(l *Lab, managers int) *Swarm {
+	t := l.t
+	t.Helper()
+	s := &Swarm{Lab: l, Managers: managers}
+	s.startRegistry()
+	image := s.busyboxTar()
+	var wg sync.WaitGroup
+	for _, h := range l.Hosts {
+		d := &Daemon{Host: h, Dir: filepath.Join(l.dir, h.Name, "docker")}
+		d.Sock = filepath.Join(d.Dir, "docker.sock")
+		s.Daemons = append(s.Daemons, d)
+		d.start(t)
+	}
+	for _, d := range s.Daemons {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.waitUp(t)
+			d.mustDocker(t, "import", "-c", `CMD ["sh"]`, image, "busybox:latest")
+		}()
+	}
+	wg.Wait()
+	s.formSwarm()
+	return s
+}
+
+func (s *Swarm) startRegistry() {
+	t := s.t
+	ns := nstest.New(t, "reg")
+	s.underlay.Plug(t, ns, "eth0", strings.Split(RegistryAddr, ":")[0], 0)
+	dir := filepath.Join(s.dir, "registry")
+	os.MkdirAll(dir, 0o755)
+	cfg := filepath.Join(dir, "config.yml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", dir, RegistryAddr)), 0o644)
+	logf, _ := os.Create(filepath.Join(dir, "registry.log"))
+	s.registry = exec.Command("nsenter", "--net="+ns.Path(), "docker-registry", "serve", cfg)
+	s.registry.Stdout, s.registry.Stderr = logf, logf
+	if err := s.registry.Start(); err != nil {
+		t.Fatalf("start registry: %v", err)
+	}
+	t.Cleanup(func() { stopProcess(s.registry, 5*time.Second); logf.Close() })
+}
+
+// busyboxTar makes a root filesystem of Debian's static busybox, for
+// `docker import`: there is no registry to pull images from.
+func (s *Swarm) busyboxTar() string {
+	t := s.t
+	root := filepath.Join(s.dir, "busybox")
+	bin := filepath.Join(root, "bin")
+	for _, d := range []string{bin, filepath.Join(root, "etc"), filepath.Join(root, "tmp"), filepath.Join(root, "proc"), filepath.Join(root, "sys"), filepath.Join(root, "dev")} {
+		os.MkdirAll(d, 0o755)
+	}
+	bb, _ := exec.LookPath("busybox")
+	data, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatalf("read busybox: %v", err)
+	}
+	os.WriteFile(filepath.Join(bin, "busybox"), data, 0o755)
+	list, err := exec.Command(bb, "--list").Output()
+	if err != nil {
+		t.Fatalf("busybox --list: %v", err)
+	}
+	for _, applet := range strings.Fields(string(list)) {
+		if applet != "busybox" {
+			os.Symlink("busybox", filepath.Join(bin, applet))
+		}
+	}
+	out := filepath.Join(s.dir, "busybox.tar")
+	if b, err := exec.Command("tar", "-C", root, "-cf", out, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar busybox: %v %s", err, b)
+	}
+	return out
+}
+
+func (d *Daemon) start(t nstest.T) {
+	t.Helper()
+	cg := filepath.Join(d.Dir, "cgroup")
+	for _, p := range []string{cg, filepath.Join(d.Dir, "data"), filepath.Join(d.Dir, "exec")} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
+	// A fresh sysfs shows the host namespace's devices; the cgroup tree
+	// must be bound back or dockerd fails ("Devices cgroup isn't mounted").
+	script := fmt.Sprintf(`set -e
+mount --rbind /sys/fs/cgroup %[1]s
+mount -t sysfs sysfs /sys
+mount --rbind %[1]s /sys/fs/cgroup
+mount -t tmpfs -o mode=755 tmpfs /run
+mount --make-shared /run
+mkdir -p /run/docker/plugins
+exec dockerd --data-root %[2]s/data --exec-root %[2]s/exec -H unix://%[3]s --pidfile %[2]s/docker.pid \
+  --bip 198.19.0.1/24 --default-address-pool base=198.19.0.0/16,size=24 \
+  --insecure-registry %[4]s --log-level info
+`, cg, d.Dir, d.Sock, RegistryAddr)
+	logf, err := os.Create(filepath.Join(d.Dir, "dockerd.log"))
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	d.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "nsenter", "--net="+d.Host.NS.Path(), "sh", "-c", script)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start dockerd on %s: %v", d.Host.Name, err)
+	}
+	t.Cleanup(func() {
+		d.stop()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("dockerd log of %s (last lines):\n%s", d.Host.Name, tail(string(b), 40))
+		}
+	})
+}
+
+func (d *Daemon) waitUp(t nstest.T) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := d.Docker("version", "--format", "{{.Server.Version}}"); err == nil {
+			return
+		}
+		if d.cmd.ProcessState != nil || time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(d.Dir, "dockerd.log"))
+			t.Fatalf("dockerd on %s did not come up:\n%s", d.Host.Name, tail(string(b), 30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// stop removes every container and service, then stops dockerd (it stops
+// its plugins and containerd), then ends any process of this daemon left.
+func (d *Daemon) stop() {
+	if d.cmd == nil || d.cmd.ProcessState != nil {
+		return
+	}
+	if ids, err := d.Docker("ps", "-aq"); err == nil && strings.TrimSpace(ids) != "" {
+		d.Docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+	}
+	stopProcess(d.cmd, 30*time.Second)
+	killDescendantsOf(d.Dir)
+}
+
+// Docker runs the docker CLI against d.
+func (d *Daemon) Docker(args ...string) (string, error) {
+	cmd := exec.Command(DockerCLI, append([]string{"-H", "unix://" + d.Sock}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("docker %s on %s: %w: %s", strings.Join(args, " "), d.Host.Name, err, strings.TrimSpace(errb.String()))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+func (d *Daemon) mustDocker(t nstest.T, args ...string) string {
+	t.Helper()
+	out, err := d.Docker(args...)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return out
+}
+
+// Pid is dockerd's process ID: its mount namespace holds the host's /run.
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
+
+// InNetwork runs a command in the namespace vxnet pinned for network nid
+// on d's host (under the host's /run/vxnet, seen through dockerd's mount
+// namespace).
+func (d *Daemon) InNetwork(nid string, args ...string) (string, error) {
+	return d.InHostMounts(append([]string{"nsenter", "--net=/run/vxnet/netns/" + nid}, args...)...)
+}
+
+// InHostMounts runs a command with the host's mounts (dockerd's mount
+// namespace) and network namespace.
+func (d *Daemon) InHostMounts(args ...string) (string, error) {
+	full := append([]string{"-t", strconv.Itoa(d.Pid()), "-m", "-n"}, args...)
+	out, err := exec.Command("nsenter", full...).CombinedOutput()
+	return string(out), err
+}
+
+// ContainerPid is the PID of a running container's process.
+func (d *Daemon) ContainerPid(name string) (int, error) {
+	out, err := d.Docker("inspect", "-f", "{{.State.Pid}}", name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(out)
+}
+
+// InContainerNet runs a host tool (ping, iperf3) in a container's network
+// namespace: busybox lacks them or their options.
+func (d *Daemon) InContainerNet(name string, args ...string) (string, error) {
+	pid, err := d.ContainerPid(name)
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(pid), "-n"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (s *Swarm) formSwarm() {
+	t := s.t
+	m := s.Daemons[0]
+	m.mustDocker(t, "swarm", "init", "--advertise-addr", m.Host.Addr, "--listen-addr", m.Host.Addr+":2377",
+		"--default-addr-pool", "198.18.128.0/17", "--default-addr-pool-mask-length", "24")
+	mtok := m.mustDocker(t, "swarm", "join-token", "-q", "manager")
+	wtok := m.mustDocker(t, "swarm", "join-token", "-q", "worker")
+	for i, d := range s.Daemons[1:] {
+		tok := wtok
+		if i+1 < s.Managers {
+			tok = mtok
+		}
+		d.mustDocker(t, "swarm", "join", "--token", tok, "--advertise-addr", d.Host.Addr, "--listen-addr", d.Host.Addr+":2377", m.Host.Addr+":2377")
+	}
+}
+
+// InstallPlugin does what an operator does: build the plugin directory
+// (pluginDir, from `make plugin`), create and push it to the registry from
+// the first host, then `docker plugin install` it from the registry on
+// every host with settings, and enable it. It returns the driver name.
+func (s *Swarm) InstallPlugin(pluginDir, tag string, settings func(h *Host) []string) string {
+	t := s.t
+	t.Helper()
+	ref := RegistryAddr + "/vxnet:" + tag
+	first := s.Daemons[0]
+	first.mustDocker(t, "plugin", "create", ref, pluginDir)
+	first.mustDocker(t, "plugin", "push", ref)
+	first.mustDocker(t, "plugin", "rm", ref)
+	var wg sync.WaitGroup
+	for _, d := range s.Daemons {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			args := []string{"plugin", "install", "--grant-all-permissions", ref,
+				"VXNET_ETCD_ENDPOINTS=" + s.Etcd.Endpoint, "VXNET_NODE_NAME=" + d.Host.Name}
+			if settings != nil {
+				args = append(args, settings(d.Host)...)
+			}
+			d.mustDocker(t, args...)
+		}()
+	}
+	wg.Wait()
+	return ref
+}
+
+// stopProcess sends SIGTERM, then SIGKILL after grace.
+func stopProcess(cmd *exec.Cmd, grace time.Duration) {
+	if cmd == nil || cmd.Process == nil || cmd.ProcessState != nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// killDescendantsOf ends processes a daemon started that outlived it
+// (container shims), found by the daemon's directory on their command line.
+func killDescendantsOf(dir string) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(cmdline, []byte(dir)) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
