@@ -167,15 +167,10 @@ func (p *Plane) EnsureNetwork(n Network) (err error) {
 			return err
 		}
 		if len(n.Subnets) > 1 {
-			if err := ensureGateway(h, vx, s, n.MTU); err != nil {
+			if err := ensureGateway(h, ns, vx, s, n.MTU); err != nil {
 				return err
 			}
 		}
-	}
-	if len(n.Subnets) > 1 {
-		return inNS(ns, func() error {
-			return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
-		})
 	}
 	return nil
 }
@@ -233,9 +228,10 @@ func (p *Plane) ensureVxlan(h *netlink.Handle, ns netns.NsHandle, vni uint32, mt
 }
 
 // ensureGateway gives the namespace an address in subnet s, on a macvlan
-// child of its VXLAN device, so it routes between the network's subnets
-// (`ip link add gwVNI link vxnVNI type macvlan mode bridge`).
-func ensureGateway(h *netlink.Handle, vx netlink.Link, s Subnet, mtu int) error {
+// child of its VXLAN device that forwards, so it routes between the
+// network's subnets (`ip link add gwVNI link vxnVNI type macvlan mode
+// bridge`, `sysctl net.ipv4.conf.gwVNI.forwarding=1`).
+func ensureGateway(h *netlink.Handle, ns netns.NsHandle, vx netlink.Link, s Subnet, mtu int) error {
 	name := gatewayName(s.VNI)
 	l, err := h.LinkByName(name)
 	if err != nil {
@@ -254,6 +250,9 @@ func ensureGateway(h *netlink.Handle, vx netlink.Link, s Subnet, mtu int) error 
 	}}
 	if err := h.AddrReplace(l, addr); err != nil {
 		return fmt.Errorf("address %s on %s: %w", addr, name, err)
+	}
+	if err := setForwarding(ns, l.Attrs().Index); err != nil {
+		return err
 	}
 	return h.LinkSetUp(l)
 }
