@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -107,6 +108,10 @@ func TestDocker(t *testing.T) {
 			t.Fatal(err)
 		}
 		nid := nidOf(t, m, "net1")
+		// Each plugin took its node name from its host's name by default.
+		if got := fmt.Sprint(s.Etcd.Keys(t, "/vxnet/nodes/")); got != "[/vxnet/nodes/h1 /vxnet/nodes/h2 /vxnet/nodes/h3]" {
+			t.Errorf("node records %s; want one per host, named after it", got)
+		}
 		ips := map[string]string{}
 		for i, d := range s.Daemons {
 			name := fmt.Sprintf("c%d", i+1)
@@ -167,5 +172,188 @@ func TestDocker(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("DNSRRServiceAcrossHosts", func(t *testing.T) {
+		if _, err := m.Docker("network", "create", "-d", drv, "--attachable", "--subnet", "198.18.51.0/24", "svcnet"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Docker("service", "create", "--detach=false", "--quiet", "--name", "web", "--network", "svcnet",
+			"--endpoint-mode", "dnsrr", "--replicas", "3", "--no-resolve-image", "busybox:latest", "httpd", "-f", "-p", "8080", "-h", "/etc"); err != nil {
+			t.Fatal(err)
+		}
+		defer m.Docker("service", "rm", "web")
+		probe := "probe"
+		run(t, m, probe, "svcnet")
+		defer m.Docker("rm", "-f", probe)
+		var tasks []string
+		eventually(t, "tasks.web resolves to 3 tasks", func() error {
+			out, err := m.Docker("exec", probe, "nslookup", "tasks.web")
+			tasks = nil
+			for _, f := range strings.Fields(out) {
+				if strings.HasPrefix(f, "198.18.51.") {
+					tasks = append(tasks, f)
+				}
+			}
+			if len(tasks) != 3 {
+				return fmt.Errorf("%d addresses (%v): %s", len(tasks), err, out)
+			}
+			return nil
+		})
+		nodes, err := m.Docker("service", "ps", "--filter", "desired-state=running", "--format", "{{.Node}}", "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(nodes, "h2") && !strings.Contains(nodes, "h3") {
+			t.Fatalf("no task on another host than the probe's: %q", nodes)
+		}
+		for _, ip := range tasks {
+			if out, err := m.Docker("exec", probe, "wget", "-q", "-O", "-", "http://"+ip+":8080/hostname"); err != nil || out == "" {
+				t.Errorf("task %s not reachable from %s: %v %q", ip, m.Host.Name, err, out)
+			}
+		}
+	})
+
+	t.Run("ReachesItsHostsUnderlayAddress", func(t *testing.T) {
+		if _, err := m.Docker("network", "create", "-d", drv, "--attachable", "--subnet", "198.18.52.0/24", "extnet"); err != nil {
+			t.Fatal(err)
+		}
+		h := s.Daemons[1]
+		run(t, h, "ext", "extnet")
+		defer h.Docker("rm", "-f", "ext")
+		ln, err := h.Host.NS.Listen("tcp", h.Host.Addr+":7000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "from-the-host") }))
+		if out, err := h.Docker("exec", "ext", "wget", "-q", "-O", "-", "http://"+h.Host.Addr+":7000/"); err != nil || out != "from-the-host" {
+			t.Errorf("container to its host's underlay address: %q %v", out, err)
+		}
+	})
+
+	t.Run("BesideTheStockOverlay", func(t *testing.T) {
+		if _, err := m.Docker("network", "create", "-d", drv, "--attachable", "--subnet", "198.18.53.0/24", "vxn"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Docker("network", "create", "-d", "overlay", "--attachable", "--subnet", "198.18.54.0/24", "stock"); err != nil {
+			t.Fatal(err)
+		}
+		a, b := s.Daemons[0], s.Daemons[2]
+		run(t, a, "both-a", "vxn")
+		run(t, b, "both-b", "vxn")
+		defer a.Docker("rm", "-f", "both-a")
+		defer b.Docker("rm", "-f", "both-b")
+		for _, c := range []struct {
+			d    *lab.Daemon
+			name string
+		}{{a, "both-a"}, {b, "both-b"}} {
+			if _, err := c.d.Docker("network", "connect", "stock", c.name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, net := range []string{"vxn", "stock"} {
+			ip := containerIP(t, b, "both-b", net)
+			if out, err := a.Docker("exec", "both-a", "ping", "-c", "3", "-W", "2", ip); err != nil {
+				t.Errorf("over %s to %s: %v %s", net, ip, err, out)
+			}
+		}
+	})
+
+	t.Run("MTU", func(t *testing.T) {
+		for _, tc := range []struct {
+			opts []string
+			want int
+		}{
+			{nil, 1450},
+			{[]string{"-o", "com.docker.network.driver.mtu=1400"}, 1350},
+		} {
+			name := fmt.Sprintf("mtu%d", tc.want)
+			args := append([]string{"network", "create", "-d", drv, "--attachable", "--subnet", "198.18.55.0/24"}, tc.opts...)
+			if _, err := m.Docker(append(args, name)...); err != nil {
+				t.Fatal(err)
+			}
+			a, b := s.Daemons[1], s.Daemons[2]
+			run(t, a, name+"a", name)
+			bIP := run(t, b, name+"b", name)
+			if out, _ := a.Docker("exec", name+"a", "cat", "/sys/class/net/eth0/mtu"); out != fmt.Sprint(tc.want) {
+				t.Errorf("%v: container eth0 MTU %s; want %d", tc.opts, out, tc.want)
+			}
+			payload := tc.want - 28
+			if out, err := a.InContainerNet(name+"a", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", fmt.Sprint(payload), bIP); err != nil {
+				t.Errorf("%v: DF ping of %d bytes: %v %s", tc.opts, payload, err, out)
+			}
+			if _, err := a.InContainerNet(name+"a", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", fmt.Sprint(payload+1), bIP); err == nil {
+				t.Errorf("%v: DF ping of %d bytes passed an MTU of %d", tc.opts, payload+1, tc.want)
+			}
+			a.Docker("rm", "-f", name+"a")
+			b.Docker("rm", "-f", name+"b")
+			m.Docker("network", "rm", name)
+		}
+	})
+
+	t.Run("TwoSubnetsOnChosenVNIs", func(t *testing.T) {
+		if _, err := m.Docker("network", "create", "-d", drv, "--attachable",
+			"--subnet", "198.18.56.0/24", "--gateway", "198.18.56.1", "--subnet", "198.18.57.0/24", "--gateway", "198.18.57.1",
+			"-o", "com.docker.network.driver.overlay.vxlanid_list=4100,4101", "two"); err != nil {
+			t.Fatal(err)
+		}
+		a, b := s.Daemons[0], s.Daemons[1]
+		run(t, a, "two-a", "two", "--ip", "198.18.56.10")
+		run(t, b, "two-b", "two", "--ip", "198.18.57.10")
+		defer a.Docker("rm", "-f", "two-a")
+		defer b.Docker("rm", "-f", "two-b")
+		nid := nidOf(t, m, "two")
+		for _, vni := range []string{"4100", "4101"} {
+			if out, err := b.InNetwork(nid, "ip", "-d", "link", "show", "vxn"+vni); err != nil || !strings.Contains(out, "vxlan id "+vni) {
+				t.Errorf("VXLAN device for VNI %s on %s: %v %s", vni, b.Host.Name, err, out)
+			}
+		}
+		if out, err := a.Docker("exec", "two-a", "ping", "-c", "2", "-W", "2", "198.18.57.10"); err != nil {
+			t.Errorf("across subnets and hosts: %v %s", err, out)
+		}
+	})
+
+	t.Run("BadOptionsThroughTheCLI", func(t *testing.T) {
+		if _, err := m.Docker("network", "create", "-d", drv, "--attachable", "--subnet", "198.18.58.0/24",
+			"-o", "com.docker.network.driver.overlay.vxlanid_list=4242", "holder"); err != nil {
+			t.Fatal(err)
+		}
+		before := s.Etcd.Keys(t, "/vxnet/")
+		for i, tc := range []struct{ opt, want string }{
+			{"com.docker.network.driver.mtu=abc", "want the underlay MTU in bytes"},
+			{"com.docker.network.driver.overlay.vxlanid_list=99999999", "is not a VNI"},
+			{"com.docker.network.driver.overlay.vxlanid_list=4242", "VNI 4242 is in use by network"},
+			{"color=blue", "unknown option color; vxnet accepts:"},
+			{"encrypted", "not supported yet"},
+		} {
+			name := fmt.Sprintf("bad%d", i)
+			// Swarm allocates networks asynchronously: the create itself
+			// returns an ID whatever the driver says (Docker 20.10 to 28).
+			if _, err := m.Docker("network", "create", "-d", drv, "--attachable", "--subnet", "198.18.59.0/24", "-o", tc.opt, name); err != nil {
+				t.Logf("create %s refused at once: %v", tc.opt, err)
+			}
+			eventually(t, "vxnet's refusal in the manager's log", func() error {
+				if log := m.Log(); !strings.Contains(log, "vxnet: invalid request") || !strings.Contains(log, tc.want) {
+					return fmt.Errorf("no %q in the manager's log", tc.want)
+				}
+				return nil
+			})
+			if i == 0 { // Docker waits ~20 s before it gives up on an unallocated network
+				if _, err := m.Docker("run", "--rm", "--network", name, "busybox:latest", "true"); err == nil {
+					t.Errorf("a container started on refused network %s", name)
+				}
+			}
+			m.Docker("network", "rm", name)
+		}
+		if after := s.Etcd.Keys(t, "/vxnet/"); fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Errorf("refused creates changed etcd:\nbefore %v\nafter  %v", before, after)
+		}
+		for _, d := range s.Daemons {
+			if out, _ := d.InHostMounts("ls", "/run/vxnet/netns"); strings.TrimSpace(out) != "" {
+				t.Errorf("namespaces on %s after refused creates: %s", d.Host.Name, out)
+			}
+		}
+		m.Docker("network", "rm", "holder")
 	})
 }

@@ -23,9 +23,10 @@ const RegistryAddr = "192.0.2.3:5000"
 const DockerCLI = "/usr/bin/docker"
 
 // Daemon is a real dockerd on a simulated host: in the host's network
-// namespace and a mount namespace of its own, with a private /run (so
-// /run/docker/plugins and /run/vxnet are per host, as on real machines),
-// its own data-root, exec-root and API socket.
+// namespace, with a mount namespace of its own holding a private /run (so
+// /run/docker/plugins and /run/vxnet are per host, as on real machines), a
+// host name of its own (the host's name), and its own data-root, exec-root
+// and API socket.
 type Daemon struct {
 	Host *Host
 	Dir  string
@@ -139,6 +140,7 @@ func (d *Daemon) start(t nstest.T) {
 	// A fresh sysfs shows the host namespace's devices; the cgroup tree
 	// must be bound back or dockerd fails ("Devices cgroup isn't mounted").
 	script := fmt.Sprintf(`set -e
+hostname %[5]s
 mount --rbind /sys/fs/cgroup %[1]s
 mount -t sysfs sysfs /sys
 mount --rbind %[1]s /sys/fs/cgroup
@@ -148,12 +150,12 @@ mkdir -p /run/docker/plugins
 exec dockerd --data-root %[2]s/data --exec-root %[2]s/exec -H unix://%[3]s --pidfile %[2]s/docker.pid \
   --bip 198.19.0.1/24 --default-address-pool base=198.19.0.0/16,size=24 \
   --insecure-registry %[4]s --log-level info
-`, cg, d.Dir, d.Sock, RegistryAddr)
+`, cg, d.Dir, d.Sock, RegistryAddr, d.Host.Name)
 	logf, err := os.Create(filepath.Join(d.Dir, "dockerd.log"))
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	d.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "nsenter", "--net="+d.Host.NS.Path(), "sh", "-c", script)
+	d.cmd = exec.Command("unshare", "--mount", "--uts", "--propagation", "private", "nsenter", "--net="+d.Host.NS.Path(), "sh", "-c", script)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start dockerd on %s: %v", d.Host.Name, err)
@@ -214,6 +216,12 @@ func (d *Daemon) mustDocker(t nstest.T, args ...string) string {
 		t.Fatalf("%v", err)
 	}
 	return out
+}
+
+// Log is what dockerd has logged so far.
+func (d *Daemon) Log() string {
+	b, _ := os.ReadFile(filepath.Join(d.Dir, "dockerd.log"))
+	return string(b)
 }
 
 // Pid is dockerd's process ID: its mount namespace holds the host's /run.
@@ -288,7 +296,7 @@ func (s *Swarm) InstallPlugin(pluginDir, tag string, settings func(h *Host) []st
 		go func() {
 			defer wg.Done()
 			args := []string{"plugin", "install", "--grant-all-permissions", ref,
-				"VXNET_ETCD_ENDPOINTS=" + s.Etcd.Endpoint, "VXNET_NODE_NAME=" + d.Host.Name}
+				"VXNET_ETCD_ENDPOINTS=" + s.Etcd.Endpoint}
 			if settings != nil {
 				args = append(args, settings(d.Host)...)
 			}
