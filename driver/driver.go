@@ -22,6 +22,11 @@ type DataPlane interface {
 	RemoveEndpoint(nid, name string) error
 	AddPeers(nid string, peers []vxlan.Peer) error
 	DelPeers(nid string, peers []vxlan.Peer) error
+	// Peers reads back what the kernel holds for nid.
+	Peers(nid string) ([]vxlan.Peer, error)
+	HasNetwork(nid string) bool
+	// Networks lists the networks whose namespaces are pinned.
+	Networks() ([]string, error)
 }
 
 // PeerStore is the cluster-wide state; peerdb.Store is the implementation.
@@ -38,6 +43,9 @@ type Config struct {
 	Node     string
 	Underlay vxlan.Underlay
 	VNIRange peerdb.VNIRange
+	// StateFile keeps this node's networks and endpoints across restarts;
+	// empty keeps them in memory only.
+	StateFile string
 }
 
 // Driver is the network driver of one node.

@@ -18,6 +18,7 @@ import (
 // fakePlane records what the driver asks of the kernel.
 type fakePlane struct {
 	calls []string
+	nets  map[string]bool                  // namespaces that exist
 	peers map[string]map[string]vxlan.Peer // nid → IP → peer
 	fail  string                           // a call name to fail
 }
@@ -29,10 +30,29 @@ func (f *fakePlane) do(call string) error {
 	}
 	return nil
 }
-func (f *fakePlane) EnsureNetwork(n vxlan.Network) error { return f.do("ensure " + n.NID) }
+func (f *fakePlane) EnsureNetwork(n vxlan.Network) error {
+	f.nets[n.NID] = true
+	return f.do("ensure " + n.NID)
+}
 func (f *fakePlane) RemoveNetwork(nid string) error {
 	delete(f.peers, nid)
+	delete(f.nets, nid)
 	return f.do("remove " + nid)
+}
+func (f *fakePlane) HasNetwork(nid string) bool { return f.nets[nid] }
+func (f *fakePlane) Networks() ([]string, error) {
+	var out []string
+	for nid := range f.nets {
+		out = append(out, nid)
+	}
+	return out, nil
+}
+func (f *fakePlane) Peers(nid string) ([]vxlan.Peer, error) {
+	var out []vxlan.Peer
+	for _, p := range f.peers[nid] {
+		out = append(out, p)
+	}
+	return out, nil
 }
 func (f *fakePlane) AddEndpoint(nid string, vni uint32, name string, _ net.HardwareAddr, mtu int) error {
 	return f.do(fmt.Sprintf("addep %s %d %s mtu=%d", nid, vni, name, mtu))
@@ -101,7 +121,7 @@ func (s *fakeStore) WatchEndpoints(context.Context, chan<- peerdb.Update) {}
 var self = netip.MustParseAddr("192.0.2.11")
 
 func newTestDriver(t *testing.T) (*Driver, *fakePlane, *fakeStore) {
-	p := &fakePlane{peers: map[string]map[string]vxlan.Peer{}}
+	p := &fakePlane{nets: map[string]bool{}, peers: map[string]map[string]vxlan.Peer{}}
 	s := &fakeStore{}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
@@ -226,8 +246,9 @@ func TestLeaveAndDeleteAreIdempotent(t *testing.T) {
 	if !slices.Equal(p.calls, want) {
 		t.Errorf("kernel calls = %v; want %v (namespace goes with the last leave)", p.calls, want)
 	}
-	if !slices.Equal(s.dels, []string{"e1", "e2"}) {
-		t.Errorf("withdrawn %v; want [e1 e2]", s.dels)
+	// Every Leave withdraws its record, known or not, repeated or not.
+	if want := []string{"nope", "nope", "e1", "e1", "e2"}; !slices.Equal(s.dels, want) {
+		t.Errorf("withdrawn %v; want %v", s.dels, want)
 	}
 }
 
@@ -273,5 +294,95 @@ func TestNetworkOptions(t *testing.T) {
 	}
 	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "n4", IPv4: two[:1]}); err == nil || !strings.Contains(err.Error(), "no VNI") {
 		t.Errorf("CreateNetwork without VNIs: %v", err)
+	}
+}
+
+// A full table reconciles the kernel: entries for records that vanished
+// while nobody watched are removed, missing ones are written.
+func TestResetReconcilesTheKernel(t *testing.T) {
+	d, p, _ := newTestDriver(t)
+	ctx := context.Background()
+	d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 1)}})
+	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	// r1 leaves and r2 arrives while the watch is broken; a stale entry
+	// from some earlier run is in the kernel too.
+	p.AddPeers("n1", []vxlan.Peer{{VNI: 42, IP: netip.MustParseAddr("198.18.0.77"), MAC: macFor(netip.MustParseAddr("198.18.0.77")), VTEP: netip.MustParseAddr("192.0.2.99")}})
+	d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r2", "198.18.0.6", "192.0.2.13", 5)}})
+	if got, want := p.table("n1"), "198.18.0.6>192.0.2.13"; got != want {
+		t.Fatalf("after reset: programmed %q; want %q", got, want)
+	}
+}
+
+// What a node knew comes back after a restart: its networks, endpoints and
+// which are attached, if their namespaces survived.
+func TestRestoreAfterRestart(t *testing.T) {
+	state := t.TempDir() + "/state.json"
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	cfg := Config{Node: "h1", Underlay: vxlan.Underlay{Addr: self, MTU: 1500}, StateFile: state}
+	p := &fakePlane{nets: map[string]bool{}, peers: map[string]map[string]vxlan.Peer{}}
+	s := &fakeStore{}
+	ctx := context.Background()
+
+	d := New(cfg, p, s, logrus.NewEntry(log))
+	d.CreateNetwork(ctx, NetworkRequest{NID: "n1", Options: map[string]string{OptVNIs: "42"}, IPv4: []IPAMData{{Pool: "198.18.0.0/24"}}})
+	d.CreateNetwork(ctx, NetworkRequest{NID: "idle", Options: map[string]string{OptVNIs: "43"}, IPv4: []IPAMData{{Pool: "198.18.1.0/24"}}})
+	d.apply(peerdb.Update{Reset: true})
+	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	d.CreateEndpoint(ctx, "n1", "e2", "198.18.0.3/24", "", "")
+	d.Join(ctx, "n1", "e1")
+	p.nets["orphan"] = true // a namespace no network owns any more
+
+	// The plugin restarts: a new driver on the same file and kernel.
+	d2 := New(cfg, p, s, logrus.NewEntry(log))
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if p.nets["orphan"] {
+		t.Error("a namespace no endpoint uses survived Restore")
+	}
+	if _, _, err := d2.lookup("idle", "x"); !errors.Is(err, ErrNotFound) || d2.networks["idle"] == nil {
+		t.Error("network without endpoints not restored")
+	}
+	n, ep, err := d2.lookup("n1", "e1")
+	if err != nil || !ep.attached || n.attached != 1 {
+		t.Fatalf("e1 after restart: %v attached=%v; want attached", err, ep != nil && ep.attached)
+	}
+	if _, ep2, err := d2.lookup("n1", "e2"); err != nil || ep2.attached {
+		t.Fatalf("e2 after restart: %v; want created, not attached", err)
+	}
+	// Docker's replayed Leave now does the real work.
+	p.calls = nil
+	d2.Leave(ctx, "n1", "e1")
+	if !slices.Contains(p.calls, "remove n1") {
+		t.Errorf("Leave after restart: kernel calls %v; want the namespace removed", p.calls)
+	}
+
+	// A host reboot empties /run: nothing is attached any more.
+	d2.apply(peerdb.Update{Reset: true})
+	d2.CreateEndpoint(ctx, "n1", "e3", "198.18.0.4/24", "", "")
+	if _, err := d2.Join(ctx, "n1", "e3"); err != nil {
+		t.Fatal(err)
+	}
+	delete(p.nets, "n1")
+	d3 := New(cfg, p, s, logrus.NewEntry(log))
+	if err := d3.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ep, _ := d3.lookup("n1", "e3"); ep == nil || ep.attached {
+		t.Error("an endpoint whose namespace is gone was restored as attached")
+	}
+}
+
+func TestUnknownLeaveWithdrawsTheRecord(t *testing.T) {
+	d, _, s := newTestDriver(t)
+	if err := d.Leave(context.Background(), "n1", "ghost"); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.dels, []string{"ghost"}) {
+		t.Errorf("withdrawn %v; want the unknown endpoint's record withdrawn", s.dels)
 	}
 }

@@ -62,30 +62,30 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 	}
 	if _, ok := n.endpoints[eid]; !ok {
 		n.endpoints[eid] = &endpoint{eid: eid, addr: p, mac: hw, vni: s.VNI, ifName: ifNameFor(eid)}
+		d.save()
 	}
 	return filled, nil
 }
 
 // DeleteEndpoint forgets an endpoint and deletes its interface if Docker
-// handed it back. Unknown endpoints succeed: Docker replays deletes.
+// handed it back. Unknown endpoints succeed: Docker replays deletes. An
+// interface named as vxnet names them is deleted even then, so nothing
+// outlives a plugin that lost its state.
 func (d *Driver) DeleteEndpoint(_ context.Context, nid, eid string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n, ok := d.networks[nid]
-	if !ok {
-		return nil
+	ifName := ifNameFor(eid)
+	if n, ep, err := d.lookup(nid, eid); err == nil {
+		if ep.attached {
+			d.detach(n, ep)
+		}
+		ifName = ep.ifName
+		delete(n.endpoints, eid)
+		d.save()
 	}
-	ep, ok := n.endpoints[eid]
-	if !ok {
-		return nil
-	}
-	if ep.attached {
-		d.detach(n, ep)
-	}
-	if err := d.plane.RemoveEndpoint(nid, ep.ifName); err != nil {
+	if err := d.plane.RemoveEndpoint(nid, ifName); err != nil {
 		return fmt.Errorf("delete interface of endpoint %s: %w", eid, err)
 	}
-	delete(n.endpoints, eid)
 	return nil
 }
 
@@ -160,20 +160,25 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 
 // Leave withdraws an endpoint from the cluster and from this node's kernel;
 // the last Leave of a network removes its namespace. Unknown endpoints
-// succeed: Docker replays leaves.
+// succeed: Docker replays leaves. Their record is withdrawn all the same,
+// in case an earlier run published it, but failing that is only logged.
 func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	d.mu.Lock()
 	n, ep, err := d.lookup(nid, eid)
-	if err != nil || !ep.attached {
-		d.mu.Unlock()
-		return nil
+	known := err == nil
+	if known && ep.attached {
+		d.detach(n, ep)
 	}
-	d.detach(n, ep)
 	d.mu.Unlock()
+	log := d.log.WithFields(map[string]any{"nid": nid, "eid": eid})
 	if err := d.store.DeleteEndpoint(ctx, peerdb.Key{NID: nid, EID: eid}); err != nil {
+		if !known {
+			log.WithError(err).Warn("withdrawing the record of an unknown endpoint")
+			return nil
+		}
 		return fmt.Errorf("left locally, but other hosts keep the peer until it is withdrawn: %w", err)
 	}
-	d.log.WithFields(map[string]any{"nid": nid, "eid": eid}).Info("endpoint left")
+	log.Info("endpoint left")
 	return nil
 }
 
@@ -199,7 +204,7 @@ func (d *Driver) attach(n *network, ep *endpoint) error {
 		if err := d.plane.EnsureNetwork(n.spec()); err != nil {
 			return fmt.Errorf("create network %s on this host: %w", n.nid, err)
 		}
-		d.programNetwork(n)
+		d.reconcile(n)
 	}
 	if err := d.plane.AddEndpoint(n.nid, ep.vni, ep.ifName, ep.mac, n.mtu); err != nil {
 		if first {
@@ -209,6 +214,7 @@ func (d *Driver) attach(n *network, ep *endpoint) error {
 	}
 	ep.attached = true
 	n.attached++
+	d.save()
 	return nil
 }
 
@@ -218,6 +224,7 @@ func (d *Driver) attach(n *network, ep *endpoint) error {
 func (d *Driver) detach(n *network, ep *endpoint) {
 	ep.attached = false
 	n.attached--
+	defer d.save()
 	log := d.log.WithFields(map[string]any{"nid": n.nid, "eid": ep.eid})
 	if n.attached > 0 {
 		if err := d.plane.RemoveEndpoint(n.nid, ep.ifName); err != nil {

@@ -111,6 +111,7 @@ func (d *Driver) CreateNetwork(_ context.Context, req NetworkRequest) error {
 		return nil // a replay
 	}
 	d.networks[req.NID] = n
+	d.save()
 	d.log.WithFields(map[string]any{"nid": req.NID, "vni": joinVNIs(o.vnis), "mtu": n.mtu}).Info("network created")
 	return nil
 }
@@ -129,6 +130,7 @@ func (d *Driver) DeleteNetwork(_ context.Context, nid string) error {
 	}
 	n.attached = 0
 	delete(d.networks, nid)
+	d.save()
 	d.log.WithField("nid", nid).Info("network deleted on this node")
 	return nil
 }

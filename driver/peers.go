@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/vxlan"
@@ -21,6 +22,40 @@ func (d *Driver) Run(ctx context.Context) {
 			return
 		case u := <-updates:
 			d.apply(u)
+			if u.Reset {
+				d.republish(ctx)
+			}
+		}
+	}
+}
+
+// republish writes the records of this node's attached endpoints that the
+// table lacks or holds wrong, so a record lost while this node was not
+// watching (or a restart) comes back.
+func (d *Driver) republish(ctx context.Context) {
+	d.mu.Lock()
+	var recs []peerdb.Endpoint
+	for _, n := range d.networks {
+		for _, ep := range n.endpoints {
+			if !ep.attached {
+				continue
+			}
+			r := d.record(n.nid, ep)
+			if cur, ok := d.peers[r.Key()]; !ok || !samePeer(cur, r) {
+				recs = append(recs, r)
+			}
+		}
+	}
+	d.mu.Unlock()
+	for _, r := range recs {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := d.store.PutEndpoint(c, r)
+		cancel()
+		log := d.log.WithFields(map[string]any{"nid": r.NID, "eid": r.EID, "ip": r.IP})
+		if err != nil {
+			log.WithError(err).Error("republishing endpoint record")
+		} else {
+			log.Info("republished an endpoint record missing from etcd")
 		}
 	}
 }
@@ -44,34 +79,35 @@ type peerChange struct {
 func (c *peerChange) remove(e peerdb.Endpoint) { c.del[e.NID] = append(c.del[e.NID], e) }
 func (c *peerChange) put(e peerdb.Endpoint)    { c.add[e.NID] = append(c.add[e.NID], e) }
 
-// apply merges an update into the table and programs the difference.
+// apply merges an update into the table and programs the difference. A
+// reset (the whole table, after a start or a broken watch) reconciles the
+// kernel of every attached network against it instead: whatever changed
+// while vxnet was not watching — removed, moved or missing entries — is
+// put right.
 func (d *Driver) apply(u peerdb.Update) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	c := peerChange{del: map[string][]peerdb.Endpoint{}, add: map[string][]peerdb.Endpoint{}}
+	defer d.syncedOnce.Do(func() { close(d.synced) })
 	if u.Reset {
-		fresh := make(map[peerdb.Key]peerdb.Endpoint, len(u.Puts))
+		d.peers = make(map[peerdb.Key]peerdb.Endpoint, len(u.Puts))
 		for _, e := range u.Puts {
-			fresh[e.Key()] = e
+			d.peers[e.Key()] = e
 		}
-		for k, old := range d.peers {
-			if _, ok := fresh[k]; !ok {
-				c.remove(old)
+		for _, n := range d.networks {
+			if n.attached > 0 {
+				d.reconcile(n)
 			}
 		}
-		for k, e := range fresh {
-			d.merge(&c, k, e, true)
-		}
-		d.peers = fresh
-	} else {
-		for _, e := range u.Puts {
-			d.merge(&c, e.Key(), e, false)
-		}
-		for _, k := range u.Deletes {
-			if old, ok := d.peers[k]; ok {
-				c.remove(old)
-				delete(d.peers, k)
-			}
+		return
+	}
+	c := peerChange{del: map[string][]peerdb.Endpoint{}, add: map[string][]peerdb.Endpoint{}}
+	for _, e := range u.Puts {
+		d.merge(&c, e.Key(), e)
+	}
+	for _, k := range u.Deletes {
+		if old, ok := d.peers[k]; ok {
+			c.remove(old)
+			delete(d.peers, k)
 		}
 	}
 	for nid := range c.del {
@@ -88,29 +124,23 @@ func (d *Driver) apply(u peerdb.Update) {
 			d.program(n, c.del[nid], c.add[nid])
 		}
 	}
-	d.syncedOnce.Do(func() { close(d.synced) })
 }
 
 // merge takes record e of key k into the table unless it is older than what
-// the table holds. In a reset, d.peers still holds the previous table.
-func (d *Driver) merge(c *peerChange, k peerdb.Key, e peerdb.Endpoint, reset bool) {
+// the table holds.
+func (d *Driver) merge(c *peerChange, k peerdb.Key, e peerdb.Endpoint) {
 	old, ok := d.peers[k]
 	if ok && old.Revision > e.Revision {
 		return
 	}
+	d.peers[k] = e
 	if ok && samePeer(old, e) {
-		if !reset {
-			d.peers[k] = e
-		}
 		return
 	}
 	if ok {
 		c.remove(old)
 	}
 	c.put(e)
-	if !reset {
-		d.peers[k] = e
-	}
 }
 
 func samePeer(a, b peerdb.Endpoint) bool {
@@ -126,16 +156,55 @@ func sharesEntry(e peerdb.Endpoint, gone []peerdb.Endpoint) bool {
 	return false
 }
 
-// programNetwork programs every known remote peer of n: the batch a host
-// that joins late needs. d.mu must be held.
-func (d *Driver) programNetwork(n *network) {
-	var all []peerdb.Endpoint
+// reconcile makes the kernel entries of n exactly the remote peers the
+// table holds: stale ones go, missing or wrong ones are written, in one
+// batch each. A host that joins late gets all its peers this way. d.mu
+// must be held.
+func (d *Driver) reconcile(n *network) {
+	var recs []peerdb.Endpoint
 	for _, e := range d.peers {
 		if e.NID == n.nid {
-			all = append(all, e)
+			recs = append(recs, e)
 		}
 	}
-	d.program(n, nil, all)
+	want := d.kernelPeers(n, recs)
+	log := d.log.WithField("nid", n.nid)
+	have, err := d.plane.Peers(n.nid)
+	if err != nil {
+		log.WithError(err).Error("reading programmed peers; writing all")
+		if err := d.plane.AddPeers(n.nid, want); err != nil {
+			log.WithError(err).Error("programming peers")
+		}
+		return
+	}
+	wanted := make(map[string]bool, len(want))
+	for _, p := range want {
+		wanted[p.String()] = true
+	}
+	var stale []vxlan.Peer
+	present := make(map[string]bool, len(have))
+	for _, p := range have {
+		if wanted[p.String()] {
+			present[p.String()] = true
+		} else {
+			stale = append(stale, p)
+		}
+	}
+	var missing []vxlan.Peer
+	for _, p := range want {
+		if !present[p.String()] {
+			missing = append(missing, p)
+		}
+	}
+	if err := d.plane.DelPeers(n.nid, stale); err != nil {
+		log.WithError(err).Error("removing stale peers")
+	}
+	if err := d.plane.AddPeers(n.nid, missing); err != nil {
+		log.WithError(err).Error("programming peers")
+	}
+	if len(stale)+len(missing) > 0 {
+		log.Infof("peers reconciled: %d stale removed, %d programmed, %d already right", len(stale), len(missing), len(want)-len(missing))
+	}
 }
 
 // program removes the kernel entries of del, then writes those of add,

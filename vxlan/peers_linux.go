@@ -51,12 +51,17 @@ func (p *Plane) AddPeers(nid string, peers []Peer) error {
 // that are already gone, and a network that is not on this host, are done.
 func (p *Plane) DelPeers(nid string, peers []Peer) error {
 	err := p.eachPeer(nid, peers, func(h *netlink.Handle, idx int, pr Peer) error {
+		// A half-programmed peer (as Peers reports it) lacks IP or VTEP.
 		var errs []error
-		if err := h.NeighDel(arpEntry(idx, pr)); err != nil && !isNotFound(err) {
-			errs = append(errs, fmt.Errorf("delete neighbour %s: %w", pr, err))
+		if pr.IP.IsValid() {
+			if err := h.NeighDel(arpEntry(idx, pr)); err != nil && !isNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete neighbour %s: %w", pr, err))
+			}
 		}
-		if err := h.NeighDel(fdbEntry(idx, pr)); err != nil && !isNotFound(err) {
-			errs = append(errs, fmt.Errorf("delete fdb %s: %w", pr, err))
+		if pr.VTEP.IsValid() {
+			if err := h.NeighDel(fdbEntry(idx, pr)); err != nil && !isNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete fdb %s: %w", pr, err))
+			}
 		}
 		return errors.Join(errs...)
 	})

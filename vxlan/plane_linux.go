@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -111,6 +112,21 @@ func (p *Plane) nsHandle(nid string) (netns.NsHandle, *netlink.Handle, func(), e
 		return ns, nil, nil, fmt.Errorf("netlink handle in namespace of %s: %w", nid, err)
 	}
 	return ns, h, func() { h.Close(); ns.Close() }, nil
+}
+
+// Networks lists the networks whose namespaces are pinned in NSDir.
+func (p *Plane) Networks() ([]string, error) {
+	entries, err := os.ReadDir(p.cfg.NSDir)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", p.cfg.NSDir, err)
+	}
+	var out []string
+	for _, e := range entries {
+		if !e.IsDir() && !strings.HasSuffix(e.Name(), ".tmp") {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
 }
 
 // HasNetwork reports whether the namespace of nid exists on this host.

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -150,7 +151,13 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 	if err != nil {
 		return err
 	}
-	d := driver.New(driver.Config{Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange}, plane, store, log.WithField("part", "driver"))
+	d := driver.New(driver.Config{
+		Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange,
+		StateFile: filepath.Join(s.StateDir, "state.json"),
+	}, plane, store, log.WithField("part", "driver"))
+	if err := d.Restore(); err != nil {
+		return err
+	}
 	go d.Run(ctx)
 	go publishNode(ctx, store, peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}, log)
 	h.SetDriver(d)
