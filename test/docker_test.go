@@ -356,4 +356,75 @@ func TestDocker(t *testing.T) {
 		}
 		m.Docker("network", "rm", "holder")
 	})
+
+	t.Run("PluginDisabledAndReenabled", func(t *testing.T) {
+		if _, err := m.Docker("network", "create", "-d", drv, "--attachable", "--subnet", "198.18.61.0/24", "dis"); err != nil {
+			t.Fatal(err)
+		}
+		nid := nidOf(t, m, "dis")
+		d1, d2, d3 := s.Daemons[0], s.Daemons[1], s.Daemons[2]
+		run(t, d1, "dis1", "dis")
+		ip2 := run(t, d2, "dis2", "dis")
+		run(t, d3, "dis3", "dis")
+		mac3, _ := d3.Docker("inspect", "-f", `{{(index .NetworkSettings.Networks "dis").MacAddress}}`, "dis3")
+		defer d1.Docker("rm", "-f", "dis1")
+		defer d3.Docker("rm", "-f", "dis4")
+
+		if _, err := d2.Docker("plugin", "disable", "-f", drv); err != nil {
+			t.Fatal(err)
+		}
+		// The data plane is kernel state: traffic flows with no plugin.
+		if out, err := d1.Docker("exec", "dis1", "ping", "-c", "3", "-W", "2", ip2); err != nil {
+			t.Errorf("traffic to h2 with its plugin disabled: %v %s", err, out)
+		}
+		// Meanwhile dis3 goes and dis4 comes on h3.
+		d3.Docker("rm", "-f", "dis3")
+		ip4 := run(t, d3, "dis4", "dis")
+		mac4, _ := d3.Docker("inspect", "-f", `{{(index .NetworkSettings.Networks "dis").MacAddress}}`, "dis4")
+
+		// A setting changed with docker plugin set while disabled: at the
+		// default level the plugin never logs a served request.
+		if strings.Contains(d2.Log(), "request served") {
+			t.Fatal("debug lines in h2's log before VXNET_LOG_LEVEL=debug")
+		}
+		if _, err := d2.Docker("plugin", "set", drv, "VXNET_LOG_LEVEL=debug"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d2.Docker("plugin", "enable", drv); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "h2 reconciled after re-enable", func() error {
+			fdb, err := d2.InNetwork(nid, "bridge", "fdb", "show")
+			if err != nil {
+				return fmt.Errorf("%v %s", err, fdb)
+			}
+			if strings.Contains(fdb, mac3) {
+				return fmt.Errorf("stale dis3 (%s) still in h2's FDB:\n%s", mac3, fdb)
+			}
+			if !strings.Contains(fdb, mac4) {
+				return fmt.Errorf("dis4 (%s) missing from h2's FDB:\n%s", mac4, fdb)
+			}
+			return nil
+		})
+		if out, err := d2.Docker("exec", "dis2", "ping", "-c", "2", "-W", "2", ip4); err != nil {
+			t.Errorf("h2 to an endpoint that came while its plugin was disabled: %v %s", err, out)
+		}
+
+		// docker rm of a container joined before the disable: Leave works.
+		if _, err := d2.Docker("rm", "-f", "dis2"); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(d2.Log(), "request served") {
+			t.Errorf("VXNET_LOG_LEVEL=debug set with docker plugin set did not take effect")
+		}
+		eventually(t, "h2's namespace and dis2's record gone", func() error {
+			if out, _ := d2.InHostMounts("ls", "/run/vxnet/netns"); strings.Contains(out, nid) {
+				return fmt.Errorf("namespace still on h2")
+			}
+			if n := len(s.Etcd.Keys(t, "/vxnet/endpoints/"+nid+"/")); n != 2 {
+				return fmt.Errorf("%d endpoint records; want 2 (dis1, dis4)", n)
+			}
+			return nil
+		})
+	})
 }
