@@ -28,7 +28,14 @@ func newSwarm(t *testing.T, n, managers int, settings func(*lab.Host) []string, 
 			nstest.Unavailable(t, "needs "+bin+" (make setup)")
 		}
 	}
-	l := lab.New(t, t.TempDir(), vxnetBin, n)
+	// Unix socket paths under a test's own temporary directory grow past
+	// the kernel's 108 bytes; containerd's would not fit.
+	dir, err := os.MkdirTemp("", "vxl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	l := lab.New(t, dir, vxnetBin, n)
 	for _, p := range prepare {
 		p(l)
 	}
