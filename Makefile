@@ -7,7 +7,7 @@ PLUGIN  := build/plugin
 NAME    ?= vxnet
 TAG     ?= latest
 
-.PHONY: all build test test-unit demo setup plugin plugin-create clean
+.PHONY: all build test test-unit demo bench setup plugin plugin-create clean
 
 all: build
 
@@ -29,6 +29,11 @@ test-unit:
 
 demo: build
 	$(GO) run ./test/demo -bin $(BIN)
+
+# vxnet against the stock overlay and the underlay on the Docker lab
+# (results: BENCHMARKS.md).
+bench: plugin
+	$(GO) run ./test/bench -bin $(BIN) -plugin $(PLUGIN)
 
 # The managed plugin's directory: config.json and a rootfs holding only
 # the static binary. No image is pulled; `make plugin-create` installs it

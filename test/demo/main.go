@@ -10,37 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vxnet/vxnet/test/lab"
 )
-
-// runner gives the lab helpers what they need from a test: cleanups run in
-// reverse on exit, and a fatal error ends the demo after cleaning up.
-type runner struct {
-	cleanups []func()
-	failed   bool
-}
-
-func (r *runner) Helper()                         {}
-func (r *runner) Failed() bool                    { return r.failed }
-func (r *runner) Cleanup(fn func())               { r.cleanups = append(r.cleanups, fn) }
-func (r *runner) Logf(format string, args ...any) { fmt.Printf(format+"\n", args...) }
-func (r *runner) Fatalf(format string, args ...any) {
-	r.failed = true
-	r.Logf("FAILED: "+format, args...)
-	r.exit(1)
-}
-
-func (r *runner) exit(code int) {
-	for i := len(r.cleanups) - 1; i >= 0; i-- {
-		r.cleanups[i]()
-	}
-	os.Exit(code)
-}
 
 func main() {
 	bin := flag.String("bin", "bin/vxnet", "the vxnet binary")
@@ -49,10 +23,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "demo: run as root (it creates network namespaces)")
 		os.Exit(2)
 	}
-	r := &runner{}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() { <-sig; r.Logf("interrupted; cleaning up"); r.exit(1) }()
+	r := lab.NewRunner()
 
 	dir, err := os.MkdirTemp("", "vxnet-demo")
 	if err != nil {
@@ -135,7 +106,7 @@ func main() {
 		r.Fatalf("%d pings failed", fails)
 	}
 	fmt.Println("\ndemo passed: every container reached every other across hosts")
-	r.exit(0)
+	r.Exit(0)
 }
 
 func step(format string, args ...any) { fmt.Printf("\n== "+format+"\n", args...) }
