@@ -48,10 +48,12 @@ func main() {
 	}
 	r.Cleanup(func() { os.RemoveAll(dir) })
 
-	fmt.Println("setting up: 2 hosts, etcd, registry, dockerd + swarm, vxnet installed from the registry")
+	fmt.Println("setting up: 2 hosts, etcd, registry, dockerd + swarm, vxnet installed from the registry;")
+	fmt.Println("data path: a direct link between the hosts (VXNET_DATA_ADDR, swarm --data-path-addr)")
 	l := lab.New(r, dir, *bin, 2)
+	l.AddDirectDataLink(l.Hosts[0], l.Hosts[1])
 	s := lab.NewSwarm(l, 1)
-	drv := s.InstallPlugin(*plugin, "bench", nil)
+	drv := s.InstallPlugin(*plugin, "bench", func(*lab.Host) []string { return []string{"VXNET_DATA_ADDR=eth1"} })
 	a, b := s.Daemons[0], s.Daemons[1]
 
 	type path struct {
@@ -92,7 +94,7 @@ func main() {
 	}
 	under := &path{name: "underlay (host to host)"}
 	for range *runs {
-		under.gbps = append(under.gbps, iperf(r, []string{"--net=" + b.Host.NS.Path()}, []string{"--net=" + a.Host.NS.Path()}, b.Host.Addr))
+		under.gbps = append(under.gbps, iperf(r, []string{"--net=" + b.Host.NS.Path()}, []string{"--net=" + a.Host.NS.Path()}, b.Host.DataAddr))
 	}
 
 	v, st, u := median(paths[0].gbps), median(paths[1].gbps), median(under.gbps)

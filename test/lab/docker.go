@@ -265,8 +265,16 @@ func (d *Daemon) InContainerNet(name string, args ...string) (string, error) {
 func (s *Swarm) formSwarm() {
 	t := s.t
 	m := s.Daemons[0]
-	m.mustDocker(t, "swarm", "init", "--advertise-addr", m.Host.Addr, "--listen-addr", m.Host.Addr+":2377",
-		"--default-addr-pool", "198.18.128.0/17", "--default-addr-pool-mask-length", "24")
+	// Where hosts have a data link, the stock overlay uses it too
+	// (--data-path-addr), as vxnet does with VXNET_DATA_ADDR.
+	dataPath := func(h *Host) []string {
+		if h.DataAddr == "" {
+			return nil
+		}
+		return []string{"--data-path-addr", h.DataAddr}
+	}
+	m.mustDocker(t, append([]string{"swarm", "init", "--advertise-addr", m.Host.Addr, "--listen-addr", m.Host.Addr + ":2377",
+		"--default-addr-pool", "198.18.128.0/17", "--default-addr-pool-mask-length", "24"}, dataPath(m.Host)...)...)
 	mtok := m.mustDocker(t, "swarm", "join-token", "-q", "manager")
 	wtok := m.mustDocker(t, "swarm", "join-token", "-q", "worker")
 	for i, d := range s.Daemons[1:] {
@@ -274,7 +282,8 @@ func (s *Swarm) formSwarm() {
 		if i+1 < s.Managers {
 			tok = mtok
 		}
-		d.mustDocker(t, "swarm", "join", "--token", tok, "--advertise-addr", d.Host.Addr, "--listen-addr", d.Host.Addr+":2377", m.Host.Addr+":2377")
+		d.mustDocker(t, append(append([]string{"swarm", "join", "--token", tok, "--advertise-addr", d.Host.Addr, "--listen-addr", d.Host.Addr + ":2377"},
+			dataPath(d.Host)...), m.Host.Addr+":2377")...)
 	}
 }
 

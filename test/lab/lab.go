@@ -108,6 +108,20 @@ func (l *Lab) AddDataLinks() {
 	}
 }
 
+// AddDirectDataLink joins hosts a and b with a point-to-point link, eth1
+// (198.51.100.11 and .12): a data path with no switch in between, like
+// two machines cabled back to back.
+func (l *Lab) AddDirectDataLink(a, b *Host) {
+	t := l.t
+	t.Helper()
+	a.DataAddr, b.DataAddr = "198.51.100.11", "198.51.100.12"
+	nstest.MustIP(t, "link", "add", "eth1", "netns", a.NS.Name, "type", "veth", "peer", "name", "eth1", "netns", b.NS.Name)
+	for _, h := range []*Host{a, b} {
+		h.NS.MustIP(t, "addr", "add", h.DataAddr+"/24", "dev", "eth1")
+		h.NS.MustIP(t, "link", "set", "eth1", "up")
+	}
+}
+
 // Start runs etcd in its namespace and waits until it answers.
 func (e *Etcd) Start(t nstest.T, dir string) {
 	t.Helper()
