@@ -27,8 +27,9 @@ test:
 test-unit:
 	$(GO) test -count=1 ./config ./driver ./plugin
 
-demo: build
-	$(GO) run ./test/demo -bin $(BIN)
+# Three dockerd hosts in a swarm, vxnet installed from a lab registry.
+demo: plugin
+	$(GO) run ./test/demo -bin $(BIN) -plugin $(PLUGIN)
 
 # vxnet against the stock overlay and the underlay on the Docker lab
 # (results: BENCHMARKS.md).
