@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -73,6 +75,107 @@ func (s *Store) AllocateNetwork(ctx context.Context, n Network, want []uint32, r
 		// Lost a race with another create: look again.
 	}
 	return Network{}, fmt.Errorf("allocate VNIs for network %s: still contended after %d attempts", n.NID, maxAllocAttempts)
+}
+
+// freeOps deletes network n, its endpoint records and its VNI claims (only
+// claims that are still its own).
+func (s *Store) freeOps(n Network) []clientv3.Op {
+	ops := []clientv3.Op{
+		clientv3.OpDelete(s.networkKey(n.NID)),
+		clientv3.OpDelete(s.networkEndpointsPrefix(n.NID), clientv3.WithPrefix()),
+	}
+	for _, v := range n.VNIs {
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(s.vniKey(v)), "=", n.NID)},
+			[]clientv3.Op{clientv3.OpDelete(s.vniKey(v))}, nil))
+	}
+	return ops
+}
+
+// DefinitionError says a named network exists with another definition.
+type DefinitionError struct{ Existing Network }
+
+func (e *DefinitionError) Error() string {
+	subnets := make([]string, len(e.Existing.Subnets))
+	for i, p := range e.Existing.Subnets {
+		subnets[i] = p.String()
+	}
+	var opts []string
+	for k, v := range e.Existing.Options {
+		opts = append(opts, k+"="+v)
+	}
+	slices.Sort(opts)
+	return fmt.Sprintf("network %s already exists with subnet %s and options [%s] (on %s)",
+		e.Existing.NID, strings.Join(subnets, ","), strings.Join(opts, " "), strings.Join(e.Existing.Users, ", "))
+}
+
+// JoinNamedNetwork records node as a user of standalone network n (n.NID
+// is its cluster-wide name), allocating its VNIs on first use as
+// AllocateNetwork does. If the network exists with other subnets or
+// options, it is refused with a DefinitionError.
+func (s *Store) JoinNamedNetwork(ctx context.Context, n Network, want []uint32, rng VNIRange, node string) (Network, error) {
+	var out Network
+	for range maxAllocAttempts {
+		rec, err := s.AllocateNetwork(ctx, Network{NID: n.NID, Subnets: n.Subnets, Options: n.Options, Users: []string{node}}, want, rng)
+		if err != nil {
+			return Network{}, err
+		}
+		if !slices.Equal(rec.Subnets, n.Subnets) || !maps.Equal(rec.Options, n.Options) {
+			return Network{}, &DefinitionError{Existing: rec}
+		}
+		gone := false
+		err = s.casLoop(ctx, s.networkKey(n.NID), "join network "+n.NID, func(cur []byte) ([]clientv3.Op, bool, error) {
+			if cur == nil {
+				gone = true // freed meanwhile by its last user: allocate again
+				return nil, true, nil
+			}
+			if err := json.Unmarshal(cur, &out); err != nil {
+				return nil, false, err
+			}
+			if slices.Contains(out.Users, node) {
+				return nil, true, nil
+			}
+			out.Users = append(out.Users, node)
+			b, _ := json.Marshal(out)
+			return []clientv3.Op{clientv3.OpPut(s.networkKey(n.NID), string(b))}, false, nil
+		})
+		if err != nil {
+			return Network{}, err
+		}
+		if !gone {
+			return out, nil
+		}
+	}
+	return Network{}, fmt.Errorf("join network %s: still contended after %d attempts", n.NID, maxAllocAttempts)
+}
+
+// LeaveNamedNetwork drops node from the users of standalone network nid;
+// the last user's leave frees the network as FreeNetwork does, in the same
+// transaction. It reports whether the network was freed.
+func (s *Store) LeaveNamedNetwork(ctx context.Context, nid, node string) (bool, error) {
+	freed := false
+	err := s.casLoop(ctx, s.networkKey(nid), "leave network "+nid, func(cur []byte) ([]clientv3.Op, bool, error) {
+		if cur == nil {
+			return nil, true, nil
+		}
+		var n Network
+		if err := json.Unmarshal(cur, &n); err != nil {
+			return nil, false, err
+		}
+		i := slices.Index(n.Users, node)
+		if i < 0 {
+			return nil, true, nil
+		}
+		n.Users = slices.Delete(n.Users, i, i+1)
+		if len(n.Users) == 0 {
+			freed = true
+			return s.freeOps(n), false, nil
+		}
+		freed = false
+		b, _ := json.Marshal(n)
+		return []clientv3.Op{clientv3.OpPut(s.networkKey(nid), string(b))}, false, nil
+	})
+	return freed, err
 }
 
 // freeVNIs returns the lowest count VNIs of rng that no network holds.
@@ -156,17 +259,7 @@ func (s *Store) FreeNetwork(ctx context.Context, nid string) error {
 			return fmt.Errorf("decode network %s: %w", nid, err)
 		}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.networkKey(nid)), "=", resp.Kvs[0].ModRevision)}
-		ops := []clientv3.Op{
-			clientv3.OpDelete(s.networkKey(nid)),
-			clientv3.OpDelete(s.networkEndpointsPrefix(nid), clientv3.WithPrefix()),
-		}
-		for _, v := range n.VNIs {
-			// Only release a claim that is still ours.
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(s.vniKey(v)), "=", nid)},
-				[]clientv3.Op{clientv3.OpDelete(s.vniKey(v))}, nil))
-		}
-		tr, err := cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		tr, err := cli.Txn(ctx).If(cmps...).Then(s.freeOps(n)...).Commit()
 		if err != nil {
 			return s.wrap("free network "+nid, err)
 		}

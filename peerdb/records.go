@@ -15,6 +15,9 @@ type Network struct {
 	VNIs    []uint32          `json:"vnis"`
 	Subnets []netip.Prefix    `json:"subnets"`
 	Options map[string]string `json:"options,omitempty"`
+	// Users are the nodes that created a standalone (named) network; the
+	// last to delete it frees it. Swarm networks have none.
+	Users []string `json:"users,omitempty"`
 }
 
 // Endpoint is the cluster-wide record of one endpoint joined on some node.

@@ -1,0 +1,223 @@
+// Package ipam is vxnet's IPAM driver: address pools and addresses
+// allocated cluster-wide in etcd, so hosts without swarm that create the
+// same network never hand out the same address twice.
+//
+// Docker names neither the network nor the container in IPAM calls, so a
+// pool is identified by its subnet: every host that creates a network with
+// --subnet S shares pool S. Within a pool an address is claimed with an
+// etcd transaction that succeeds only if nobody holds it. Three kinds of
+// claims exist:
+//
+//	gateway   the network's gateway, requested by every host: shared
+//	reserved  an --aux-address, requested by every host: shared
+//	endpoint  a container's address (dynamic or --ip), owned by one node
+//
+// Docker's requests for an --aux-address and for a container's --ip look
+// the same, except that vxnet asks Docker (RequiresMACAddress) to send the
+// endpoint's MAC with a container's request, which tells them apart.
+// Shared claims live as long as the pool; the pool lives while any host
+// uses it, and its last release deletes every claim in it.
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/peerdb"
+)
+
+// Store is the etcd side; peerdb.Store is the implementation.
+type Store interface {
+	AcquirePool(ctx context.Context, pool, rng netip.Prefix, node string) (peerdb.Pool, error)
+	GetPool(ctx context.Context, pool netip.Prefix) (peerdb.Pool, bool, error)
+	ReleasePool(ctx context.Context, pool netip.Prefix, node string) error
+	ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, c peerdb.Claim) (bool, peerdb.Claim, error)
+	Claimed(ctx context.Context, pool netip.Prefix) (map[netip.Addr]peerdb.Claim, error)
+	ReleaseAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, node string) error
+}
+
+// Option keys Docker sends with RequestAddress.
+const (
+	optRequestType = "RequestAddressType"
+	typeGateway    = "com.docker.network.gateway"
+	optMAC         = "com.docker.network.endpoint.macaddress"
+)
+
+// AddressSpace is the only address space vxnet's IPAM offers.
+const AddressSpace = "vxnet"
+
+// ErrInvalid marks refusals caused by what the user asked for.
+var ErrInvalid = errors.New("invalid request")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}
+
+// Allocator serves Docker's IPAM calls for one node.
+type Allocator struct {
+	store Store
+	node  string
+	log   *logrus.Entry
+}
+
+// New returns an Allocator for node.
+func New(store Store, node string, log *logrus.Entry) *Allocator {
+	return &Allocator{store: store, node: node, log: log}
+}
+
+// RequestPool takes pool (a subnet the user must give, the same on every
+// host) with dynamic addresses from subPool if given. It returns the pool
+// ID Docker passes back: the subnet.
+func (a *Allocator) RequestPool(ctx context.Context, pool, subPool string, v6 bool) (string, error) {
+	if v6 {
+		return "", invalid("vxnet IPAM serves IPv4 only: create the network without --ipv6")
+	}
+	if pool == "" {
+		return "", invalid("vxnet IPAM needs --subnet: every host creates the network with the same subnet, which names the shared pool")
+	}
+	p, err := netip.ParsePrefix(pool)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+		return "", invalid("subnet %q: want an IPv4 CIDR of /30 or larger", pool)
+	}
+	p = p.Masked()
+	var rng netip.Prefix
+	if subPool != "" {
+		r, err := netip.ParsePrefix(subPool)
+		if err != nil || !r.Addr().Is4() || !p.Contains(r.Masked().Addr()) || r.Bits() < p.Bits() {
+			return "", invalid("--ip-range %q is not an IPv4 range inside %s", subPool, p)
+		}
+		rng = r.Masked()
+	}
+	if _, err := a.store.AcquirePool(ctx, p, rng, a.node); err != nil {
+		var conflict *peerdb.PoolConflictError
+		if errors.As(err, &conflict) {
+			return "", invalid("%v: create the network with the same --subnet and --ip-range on every host", err)
+		}
+		return "", err
+	}
+	return p.String(), nil
+}
+
+// ReleasePool gives up this node's use of the pool.
+func (a *Allocator) ReleasePool(ctx context.Context, poolID string) error {
+	p, err := parsePoolID(poolID)
+	if err != nil {
+		return nil // not ours: nothing to release
+	}
+	return a.store.ReleasePool(ctx, p, a.node)
+}
+
+// RequestAddress claims an address in the pool: addr if given, else a free
+// one from the pool's range. It returns it with the pool's prefix length.
+func (a *Allocator) RequestAddress(ctx context.Context, poolID, addr string, opts map[string]string) (string, error) {
+	p, err := parsePoolID(poolID)
+	if err != nil {
+		return "", err
+	}
+	claim := peerdb.Claim{Kind: peerdb.KindReserved, Node: a.node}
+	switch {
+	case opts[optRequestType] == typeGateway:
+		claim.Kind = peerdb.KindGateway
+	case opts[optMAC] != "":
+		claim.Kind = peerdb.KindEndpoint
+	}
+	if addr == "" {
+		claim.Kind = peerdb.KindEndpoint
+		ip, err := a.dynamic(ctx, p, claim)
+		if err != nil {
+			return "", err
+		}
+		return netip.PrefixFrom(ip, p.Bits()).String(), nil
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || !p.Contains(ip) || ip == p.Addr() || ip == broadcast(p) {
+		return "", invalid("address %q is not a host address of %s", addr, p)
+	}
+	got, holder, err := a.store.ClaimAddress(ctx, p, ip, claim)
+	if err != nil {
+		return "", err
+	}
+	// Gateway and aux addresses are requested by every host: shared.
+	if !got && !(claim.Kind != peerdb.KindEndpoint && holder.Kind == claim.Kind) {
+		return "", invalid("address %s is in use (%s on %s): choose another --ip or leave it out", ip, holder.Kind, holder.Node)
+	}
+	return netip.PrefixFrom(ip, p.Bits()).String(), nil
+}
+
+// dynamic claims a free address of the pool's range. It picks among the
+// lowest free ones at random, so hosts allocating at once rarely collide;
+// a collision just tries again.
+func (a *Allocator) dynamic(ctx context.Context, p netip.Prefix, claim peerdb.Claim) (netip.Addr, error) {
+	pool, ok, err := a.store.GetPool(ctx, p)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if !ok {
+		return netip.Addr{}, invalid("pool %s is not in use on any host: create the network first", p)
+	}
+	rng := p
+	if pool.Range.IsValid() {
+		rng = pool.Range
+	}
+	for range 64 {
+		used, err := a.store.Claimed(ctx, p)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		var free []netip.Addr
+		for ip := rng.Addr(); rng.Contains(ip) && len(free) < 16; ip = ip.Next() {
+			if _, taken := used[ip]; !taken && ip != p.Addr() && ip != broadcast(p) {
+				free = append(free, ip)
+			}
+		}
+		if len(free) == 0 {
+			return netip.Addr{}, invalid("no free address in %s (%d in use): use a larger --subnet or --ip-range, or remove containers", rng, len(used))
+		}
+		ip := free[rand.IntN(len(free))]
+		got, _, err := a.store.ClaimAddress(ctx, p, ip, claim)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		if got {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("allocate an address in %s: still contended after 64 attempts", rng)
+}
+
+// ReleaseAddress frees a container's address held by this node. Shared
+// gateway and aux claims stay until the pool goes.
+func (a *Allocator) ReleaseAddress(ctx context.Context, poolID, addr string) error {
+	p, err := parsePoolID(poolID)
+	if err != nil {
+		return nil
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		if pr, err2 := netip.ParsePrefix(addr); err2 == nil {
+			ip = pr.Addr()
+		} else {
+			return nil
+		}
+	}
+	return a.store.ReleaseAddress(ctx, p, ip, a.node)
+}
+
+func parsePoolID(id string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(id)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, invalid("pool %q was not made by vxnet IPAM", id)
+	}
+	return p, nil
+}
+
+func broadcast(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
