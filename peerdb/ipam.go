@@ -47,8 +47,10 @@ func (e *PoolConflictError) Error() string {
 
 func poolKey(p netip.Prefix) string { return strings.ReplaceAll(p.String(), "/", "_") }
 
-func (s *Store) poolKey(p netip.Prefix) string  { return s.prefix + "/ipam/pools/" + poolKey(p) }
-func (s *Store) addrsPrefix(p netip.Prefix) string { return s.prefix + "/ipam/addrs/" + poolKey(p) + "/" }
+func (s *Store) poolKey(p netip.Prefix) string { return s.prefix + "/ipam/pools/" + poolKey(p) }
+func (s *Store) addrsPrefix(p netip.Prefix) string {
+	return s.prefix + "/ipam/addrs/" + poolKey(p) + "/"
+}
 func (s *Store) addrKey(p netip.Prefix, a netip.Addr) string {
 	return s.addrsPrefix(p) + a.String()
 }
@@ -226,4 +228,3 @@ func (s *Store) ReleaseAddress(ctx context.Context, pool netip.Prefix, addr neti
 		return []clientv3.Op{clientv3.OpDelete(key)}, false, nil
 	})
 }
-
