@@ -34,6 +34,7 @@ type Settings struct {
 	LogLevel      string
 	LogFormat     string
 	Timeout       time.Duration
+	Scope         string
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates
@@ -54,6 +55,14 @@ func str(p func(*Settings) *string) func(*Settings, string) error {
 var table = []setting{
 	{"VXNET_SOCKET", "socket", "/run/docker/plugins/vxnet.sock", "unix socket Docker talks to",
 		str(func(s *Settings) *string { return &s.Socket })},
+	{"VXNET_SCOPE", "scope", "global", "global: networks created through swarm; local: hosts without swarm, each creating the network with -o vxnet.network=NAME",
+		func(s *Settings, v string) error {
+			if v != "global" && v != "local" {
+				return fmt.Errorf("%q is not global or local", v)
+			}
+			s.Scope = v
+			return nil
+		}},
 	{"VXNET_ETCD_ENDPOINTS", "etcd-endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs",
 		func(s *Settings, v string) error {
 			s.EtcdEndpoints = nil

@@ -36,6 +36,8 @@ type PeerStore interface {
 	PutEndpoint(ctx context.Context, e peerdb.Endpoint) error
 	DeleteEndpoint(ctx context.Context, k peerdb.Key) error
 	WatchEndpoints(ctx context.Context, out chan<- peerdb.Update)
+	JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, node string) (peerdb.Network, error)
+	LeaveNamedNetwork(ctx context.Context, nid, node string) (bool, error)
 }
 
 // Config is what the driver knows about its node.
@@ -46,6 +48,8 @@ type Config struct {
 	// StateFile keeps this node's networks and endpoints across restarts;
 	// empty keeps them in memory only.
 	StateFile string
+	// Scope is "global" (swarm) or "local" (standalone hosts).
+	Scope string
 }
 
 // Driver is the network driver of one node.
@@ -68,7 +72,11 @@ type Driver struct {
 
 // network is a network created on this node.
 type network struct {
-	nid       string
+	nid string
+	// cid names the network cluster-wide, in etcd: the swarm network ID,
+	// or "name.NAME" for a standalone network created on each host (with
+	// another nid on each).
+	cid       string
 	subnets   []vxlan.Subnet
 	mtu       int // overlay MTU
 	endpoints map[string]*endpoint

@@ -117,6 +117,10 @@ func (s *fakeStore) DeleteEndpoint(_ context.Context, k peerdb.Key) error {
 	return nil
 }
 func (s *fakeStore) WatchEndpoints(context.Context, chan<- peerdb.Update) {}
+func (s *fakeStore) JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, _ string) (peerdb.Network, error) {
+	return s.AllocateNetwork(ctx, n, want, rng)
+}
+func (s *fakeStore) LeaveNamedNetwork(context.Context, string, string) (bool, error) { return true, nil }
 
 var self = netip.MustParseAddr("192.0.2.11")
 

@@ -143,7 +143,7 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 			return JoinResult{}, err
 		}
 	}
-	rec := d.record(nid, ep)
+	rec := d.record(n, ep)
 	d.mu.Unlock()
 
 	if err := d.store.PutEndpoint(ctx, rec); err != nil {
@@ -166,12 +166,16 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	d.mu.Lock()
 	n, ep, err := d.lookup(nid, eid)
 	known := err == nil
-	if known && ep.attached {
-		d.detach(n, ep)
+	key := peerdb.Key{NID: nid, EID: eid}
+	if known {
+		key.NID = n.cid
+		if ep.attached {
+			d.detach(n, ep)
+		}
 	}
 	d.mu.Unlock()
 	log := d.log.WithFields(map[string]any{"nid": nid, "eid": eid})
-	if err := d.store.DeleteEndpoint(ctx, peerdb.Key{NID: nid, EID: eid}); err != nil {
+	if err := d.store.DeleteEndpoint(ctx, key); err != nil {
 		if !known {
 			log.WithError(err).Warn("withdrawing the record of an unknown endpoint")
 			return nil
@@ -237,9 +241,9 @@ func (d *Driver) detach(n *network, ep *endpoint) {
 	}
 }
 
-func (d *Driver) record(nid string, ep *endpoint) peerdb.Endpoint {
+func (d *Driver) record(n *network, ep *endpoint) peerdb.Endpoint {
 	return peerdb.Endpoint{
-		NID:  nid,
+		NID:  n.cid,
 		EID:  ep.eid,
 		IP:   ep.addr.Addr(),
 		MAC:  ep.mac.String(),

@@ -31,6 +31,9 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	if err != nil {
 		return nil, err
 	}
+	if o.name != "" {
+		return nil, invalid("option %s is for hosts without swarm (VXNET_SCOPE=local); a swarm network is already one network on every host", OptName)
+	}
 	pools, _, err := parseSubnets(req.IPv4, req.HasIPv6)
 	if err != nil {
 		return nil, err
@@ -39,14 +42,8 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 		return nil, invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
 	}
 	rec, err := d.store.AllocateNetwork(ctx, peerdb.Network{NID: req.NID, Subnets: pools, Options: req.Options}, o.vnis, d.cfg.VNIRange)
-	var inUse *peerdb.VNIInUseError
-	switch {
-	case errors.As(err, &inUse):
-		return nil, invalid("%v: choose another in %s or leave the option out", err, OptVNIs)
-	case errors.Is(err, peerdb.ErrVNIsExhausted):
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
-	case err != nil:
-		return nil, err
+	if err != nil {
+		return nil, allocationError(err)
 	}
 	out := maps.Clone(req.Options)
 	if out == nil {
@@ -55,6 +52,21 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	out[OptVNIs] = joinVNIs(rec.VNIs)
 	d.log.WithFields(map[string]any{"nid": req.NID, "vni": out[OptVNIs]}).Info("network allocated")
 	return out, nil
+}
+
+// allocationError turns refusals of the store into ones naming the fix.
+func allocationError(err error) error {
+	var inUse *peerdb.VNIInUseError
+	var def *peerdb.DefinitionError
+	switch {
+	case errors.As(err, &inUse):
+		return invalid("%v: choose another in %s or leave the option out", err, OptVNIs)
+	case errors.As(err, &def):
+		return invalid("%v: create it with the same --subnet and -o options on every host, or use another %s", err, OptName)
+	case errors.Is(err, peerdb.ErrVNIsExhausted):
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return err
 }
 
 // FreeNetwork is the swarm manager's end of a network: its VNIs and every
@@ -67,10 +79,13 @@ func (d *Driver) FreeNetwork(ctx context.Context, nid string) error {
 	return nil
 }
 
-// CreateNetwork records a network on this node. It touches neither etcd nor
-// the kernel: the namespace is made by the first Join. Swarm workers get
-// this again whenever a first local endpoint comes back.
-func (d *Driver) CreateNetwork(_ context.Context, req NetworkRequest) error {
+// CreateNetwork records a network on this node; the namespace is made by
+// the first Join. Under swarm it touches neither etcd nor the kernel (the
+// manager's AllocateNetwork gave the VNIs; workers get CreateNetwork again
+// whenever a first local endpoint comes back). Without swarm, the network
+// joins the cluster-wide network its name option names, which the first
+// host to create it allocates.
+func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 	o, err := parseOptions(req.Options)
 	if err != nil {
 		return err
@@ -79,11 +94,31 @@ func (d *Driver) CreateNetwork(_ context.Context, req NetworkRequest) error {
 	if err != nil {
 		return err
 	}
+	if o.vnis != nil && len(o.vnis) != len(pools) {
+		return invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
+	}
+	cid := req.NID
+	if d.cfg.Scope == "local" {
+		if o.name == "" {
+			return invalid("without swarm, name the network cluster-wide with -o %s=NAME, the same on every host", OptName)
+		}
+		d.mu.Lock()
+		_, replay := d.networks[req.NID]
+		d.mu.Unlock()
+		if replay {
+			return nil
+		}
+		cid = "name." + o.name
+		rec, err := d.store.JoinNamedNetwork(ctx, peerdb.Network{NID: cid, Subnets: pools, Options: req.Options}, o.vnis, d.cfg.VNIRange, d.cfg.Node)
+		if err != nil {
+			return allocationError(err)
+		}
+		o.vnis = rec.VNIs
+	} else if o.name != "" {
+		return invalid("option %s is for hosts without swarm (VXNET_SCOPE=local)", OptName)
+	}
 	if o.vnis == nil {
 		return invalid("network %s has no VNI: vxnet networks get theirs from a swarm manager (docker network create on a manager, scope global)", req.NID)
-	}
-	if len(o.vnis) != len(pools) {
-		return invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
 	}
 	if len(pools) > 1 {
 		for i, g := range gws {
@@ -100,7 +135,7 @@ func (d *Driver) CreateNetwork(_ context.Context, req NetworkRequest) error {
 		d.log.WithField("nid", req.NID).Warnf("network MTU option %d exceeds the MTU %d of data interface %s: the kernel will fragment VXLAN packets",
 			underlay, d.cfg.Underlay.MTU, d.cfg.Underlay.Name)
 	}
-	n := &network{nid: req.NID, mtu: underlay - vxlan.Overhead, endpoints: map[string]*endpoint{}}
+	n := &network{nid: req.NID, cid: cid, mtu: underlay - vxlan.Overhead, endpoints: map[string]*endpoint{}}
 	for i, p := range pools {
 		n.subnets = append(n.subnets, vxlan.Subnet{VNI: o.vnis[i], Prefix: p, Gateway: gws[i]})
 	}
@@ -117,12 +152,27 @@ func (d *Driver) CreateNetwork(_ context.Context, req NetworkRequest) error {
 }
 
 // DeleteNetwork drops this node's state of a network, and its namespace if
-// one is left. The network itself lives on in etcd until FreeNetwork.
-func (d *Driver) DeleteNetwork(_ context.Context, nid string) error {
+// one is left. A swarm network lives on in etcd until FreeNetwork; a
+// standalone one until the last host that created it deletes it.
+func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
+	d.mu.Lock()
+	n, ok := d.networks[nid]
+	d.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if n.cid != n.nid {
+		freed, err := d.store.LeaveNamedNetwork(ctx, n.cid, d.cfg.Node)
+		if err != nil {
+			return err
+		}
+		if freed {
+			d.log.WithField("nid", nid).Infof("last host left network %s: its VNIs and records are freed", n.cid)
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n, ok := d.networks[nid]
-	if !ok {
+	if _, ok := d.networks[nid]; !ok {
 		return nil
 	}
 	if err := d.plane.RemoveNetwork(nid); err != nil {

@@ -21,6 +21,9 @@ const (
 	OptMTU = "com.docker.network.driver.mtu"
 	// OptEncrypted asks for IPsec encryption between hosts.
 	OptEncrypted = "encrypted"
+	// OptName names a standalone network cluster-wide: hosts that create
+	// a network with the same name share its VNI and peers.
+	OptName = "vxnet.network"
 )
 
 // accepted lists every option vxnet knows, with the form it takes.
@@ -28,6 +31,7 @@ var accepted = map[string]string{
 	OptVNIs:      OptVNIs + "=VNI[,VNI...] (one per subnet, 1-16777215)",
 	OptMTU:       OptMTU + "=BYTES (underlay MTU, " + strconv.Itoa(minUnderlayMTU) + "-65535)",
 	OptEncrypted: OptEncrypted + " (not supported yet)",
+	OptName:      OptName + "=NAME (without swarm: the same on every host)",
 }
 
 // minUnderlayMTU leaves the overlay the 68 bytes IPv4 needs.
@@ -45,6 +49,7 @@ type options struct {
 	raw  map[string]string
 	vnis []uint32 // nil: allocate
 	mtu  int      // underlay MTU; 0: the data interface's
+	name string   // OptName, standalone networks only
 }
 
 // parseOptions validates the user's options. Unknown options are refused,
@@ -72,6 +77,12 @@ func parseOptions(raw map[string]string) (options, error) {
 		}
 		o.mtu = mtu
 	}
+	if v, ok := raw[OptName]; ok {
+		if !validName(v) {
+			return o, invalid("option %s=%q: want a name of 1-64 letters, digits, '.', '_' or '-'", OptName, v)
+		}
+		o.name = v
+	}
 	if v, ok := raw[OptVNIs]; ok {
 		for _, f := range strings.Split(v, ",") {
 			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32)
@@ -85,6 +96,18 @@ func parseOptions(raw map[string]string) (options, error) {
 		}
 	}
 	return o, nil
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func acceptedList() string {

@@ -40,7 +40,7 @@ func (d *Driver) republish(ctx context.Context) {
 			if !ep.attached {
 				continue
 			}
-			r := d.record(n.nid, ep)
+			r := d.record(n, ep)
 			if cur, ok := d.peers[r.Key()]; !ok || !samePeer(cur, r) {
 				recs = append(recs, r)
 			}
@@ -71,7 +71,8 @@ func (d *Driver) waitSynced(ctx context.Context) error {
 	}
 }
 
-// peerChange collects the records to unprogram and program, per network.
+// peerChange collects the records to unprogram and program, per network
+// (by cluster ID).
 type peerChange struct {
 	del, add map[string][]peerdb.Endpoint
 }
@@ -119,9 +120,9 @@ func (d *Driver) apply(u peerdb.Update) {
 			}
 		}
 	}
-	for nid, n := range d.networks {
-		if n.attached > 0 && (len(c.del[nid]) > 0 || len(c.add[nid]) > 0) {
-			d.program(n, c.del[nid], c.add[nid])
+	for _, n := range d.networks {
+		if n.attached > 0 && (len(c.del[n.cid]) > 0 || len(c.add[n.cid]) > 0) {
+			d.program(n, c.del[n.cid], c.add[n.cid])
 		}
 	}
 }
@@ -163,7 +164,7 @@ func sharesEntry(e peerdb.Endpoint, gone []peerdb.Endpoint) bool {
 func (d *Driver) reconcile(n *network) {
 	var recs []peerdb.Endpoint
 	for _, e := range d.peers {
-		if e.NID == n.nid {
+		if e.NID == n.cid {
 			recs = append(recs, e)
 		}
 	}

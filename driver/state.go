@@ -24,6 +24,7 @@ type savedState struct {
 
 type savedNetwork struct {
 	NID       string          `json:"nid"`
+	CID       string          `json:"cid,omitempty"`
 	MTU       int             `json:"mtu"`
 	Subnets   []vxlan.Subnet  `json:"subnets"`
 	Endpoints []savedEndpoint `json:"endpoints"`
@@ -47,7 +48,7 @@ func (d *Driver) save() {
 	}
 	var st savedState
 	for _, n := range d.networks {
-		sn := savedNetwork{NID: n.nid, MTU: n.mtu, Subnets: n.subnets}
+		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Subnets: n.subnets}
 		for _, ep := range n.endpoints {
 			sn.Endpoints = append(sn.Endpoints, savedEndpoint{
 				EID: ep.eid, Addr: ep.addr, MAC: ep.mac.String(), VNI: ep.vni, IfName: ep.ifName, Attached: ep.attached,
@@ -101,7 +102,10 @@ func (d *Driver) Restore() error {
 		st = savedState{}
 	}
 	for _, sn := range st.Networks {
-		n := &network{nid: sn.NID, mtu: sn.MTU, subnets: sn.Subnets, endpoints: map[string]*endpoint{}}
+		n := &network{nid: sn.NID, cid: sn.CID, mtu: sn.MTU, subnets: sn.Subnets, endpoints: map[string]*endpoint{}}
+		if n.cid == "" {
+			n.cid = n.nid
+		}
 		present := d.plane.HasNetwork(sn.NID)
 		for _, se := range sn.Endpoints {
 			mac, err := net.ParseMAC(se.MAC)

@@ -16,11 +16,11 @@ type none struct{}
 
 func (h *Handler) routes() {
 	always(h, "NetworkDriver.GetCapabilities", func(context.Context, *none) (any, error) {
-		return network.CapabilitiesResponse{Scope: network.GlobalScope, ConnectivityScope: network.GlobalScope}, nil
+		return network.CapabilitiesResponse{Scope: h.scope, ConnectivityScope: network.GlobalScope}, nil
 	})
 	handle(h, "NetworkDriver.AllocateNetwork", func(ctx context.Context, d Driver, r *network.AllocateNetworkRequest) (any, error) {
 		opts, err := d.AllocateNetwork(ctx, driver.NetworkRequest{
-			NID: r.NetworkID, Options: r.Options, IPv4: ipam(r.IPv4Data), HasIPv6: len(r.IPv6Data) > 0,
+			NID: r.NetworkID, Options: r.Options, IPv4: ipamData(r.IPv4Data), HasIPv6: len(r.IPv6Data) > 0,
 		})
 		return network.AllocateNetworkResponse{Options: opts}, err
 	})
@@ -35,7 +35,7 @@ func (h *Handler) routes() {
 			}
 		}
 		return nil, d.CreateNetwork(ctx, driver.NetworkRequest{
-			NID: r.NetworkID, Options: generic(r.Options), IPv4: ipam(v4), HasIPv6: len(r.IPv6Data) > 0,
+			NID: r.NetworkID, Options: generic(r.Options), IPv4: ipamData(v4), HasIPv6: len(r.IPv6Data) > 0,
 		})
 	})
 	handle(h, "NetworkDriver.DeleteNetwork", func(ctx context.Context, d Driver, r *network.DeleteNetworkRequest) (any, error) {
@@ -94,7 +94,7 @@ func (h *Handler) routes() {
 	})
 }
 
-func ipam(in []network.IPAMData) []driver.IPAMData {
+func ipamData(in []network.IPAMData) []driver.IPAMData {
 	out := make([]driver.IPAMData, 0, len(in))
 	for _, d := range in {
 		out = append(out, driver.IPAMData{Pool: d.Pool, Gateway: d.Gateway})

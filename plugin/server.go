@@ -22,6 +22,14 @@ import (
 	"github.com/vxnet/vxnet/driver"
 )
 
+// IPAM is what the protocol needs of the IPAM driver.
+type IPAM interface {
+	RequestPool(ctx context.Context, pool, subPool string, v6 bool) (string, error)
+	ReleasePool(ctx context.Context, poolID string) error
+	RequestAddress(ctx context.Context, poolID, addr string, opts map[string]string) (string, error)
+	ReleaseAddress(ctx context.Context, poolID, addr string) error
+}
+
 // Driver is what the protocol needs of the network driver.
 type Driver interface {
 	AllocateNetwork(ctx context.Context, req driver.NetworkRequest) (map[string]string, error)
@@ -43,34 +51,38 @@ const contentType = "application/vnd.docker.plugins.v1.2+json"
 type Handler struct {
 	log     *logrus.Entry
 	timeout time.Duration
+	scope   string
 	mux     *http.ServeMux
 	state   atomic.Pointer[driverState]
 }
 
 type driverState struct {
-	d   Driver
-	err error // why there is no driver yet
+	d    Driver
+	ipam IPAM
+	err  error // why there is no driver yet
 }
 
-// NewHandler returns the protocol's HTTP handler, serving d if not nil.
-func NewHandler(d Driver, log *logrus.Entry, timeout time.Duration) *Handler {
-	h := &Handler{log: log, timeout: timeout, mux: http.NewServeMux()}
+// NewHandler returns the protocol's HTTP handler for a network driver of
+// scope ("global" or "local"), serving d and ipam if not nil.
+func NewHandler(d Driver, ipam IPAM, scope string, log *logrus.Entry, timeout time.Duration) *Handler {
+	h := &Handler{log: log, timeout: timeout, scope: scope, mux: http.NewServeMux()}
 	if d != nil {
-		h.SetDriver(d)
+		h.SetDriver(d, ipam)
 	} else {
 		h.NotReady(errors.New("starting"))
 	}
 	h.mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
-		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver"}})
+		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
 	})
 	h.routes()
+	h.ipamRoutes()
 	return h
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-// SetDriver makes the handler serve d.
-func (h *Handler) SetDriver(d Driver) { h.state.Store(&driverState{d: d}) }
+// SetDriver makes the handler serve d and ipam.
+func (h *Handler) SetDriver(d Driver, ipam IPAM) { h.state.Store(&driverState{d: d, ipam: ipam}) }
 
 // NotReady says why there is no driver yet; calls that need one return it.
 func (h *Handler) NotReady(why error) { h.state.Store(&driverState{err: why}) }
@@ -83,6 +95,17 @@ func handle[Req any](h *Handler, route string, fn func(context.Context, Driver, 
 			return nil, fmt.Errorf("not ready: %w", st.err)
 		}
 		return fn(ctx, st.d, r)
+	})
+}
+
+// handleIPAM registers a route that needs the IPAM driver.
+func handleIPAM[Req any](h *Handler, route string, fn func(context.Context, IPAM, *Req) (any, error)) {
+	always(h, route, func(ctx context.Context, r *Req) (any, error) {
+		st := h.state.Load()
+		if st.ipam == nil {
+			return nil, fmt.Errorf("not ready: %w", st.err)
+		}
+		return fn(ctx, st.ipam, r)
 	})
 }
 

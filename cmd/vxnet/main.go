@@ -21,6 +21,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/config"
 	"github.com/vxnet/vxnet/driver"
+	"github.com/vxnet/vxnet/ipam"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/plugin"
 	"github.com/vxnet/vxnet/vxlan"
@@ -92,7 +93,10 @@ func runPlugin(args []string) error {
 		return err
 	}
 	defer os.Remove(s.Socket)
-	h := plugin.NewHandler(nil, log.WithField("part", "plugin"), s.Timeout)
+	h := plugin.NewHandler(nil, nil, s.Scope, log.WithField("part", "plugin"), s.Timeout)
+	if _, _, err := resolveAddrs(s); err != nil {
+		h.NotReady(err) // so the very first request already says why
+	}
 	srv := &http.Server{Handler: h}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
@@ -153,17 +157,17 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 	}
 	d := driver.New(driver.Config{
 		Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange,
-		StateFile: filepath.Join(s.StateDir, "state.json"),
+		StateFile: filepath.Join(s.StateDir, "state.json"), Scope: s.Scope,
 	}, plane, store, log.WithField("part", "driver"))
 	if err := d.Restore(); err != nil {
 		return err
 	}
 	go d.Run(ctx)
 	go publishNode(ctx, store, peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}, log)
-	h.SetDriver(d)
+	h.SetDriver(d, ipam.New(store, s.NodeName, log.WithField("part", "ipam")))
 	log.WithFields(logrus.Fields{
 		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
-		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "version": version,
+		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "scope": s.Scope, "version": version,
 	}).Info("vxnet serving")
 	go func() {
 		<-ctx.Done()

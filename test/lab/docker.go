@@ -52,9 +52,9 @@ func DockerAvailable() error {
 	return nil
 }
 
-// NewSwarm starts etcd, a registry and a dockerd on each of the lab's
-// hosts, joins them into a swarm with managers managers, and imports a
-// busybox image on each.
+// NewSwarm starts a registry and a dockerd on each of the lab's hosts,
+// joins them into a swarm with managers managers (0: no swarm, plain
+// Docker hosts), and imports a busybox image on each.
 func NewSwarm(l *Lab, managers int) *Swarm {
 	t := l.t
 	t.Helper()
@@ -77,7 +77,9 @@ func NewSwarm(l *Lab, managers int) *Swarm {
 		}()
 	}
 	wg.Wait()
-	s.formSwarm()
+	if managers > 0 {
+		s.formSwarm()
+	}
 	return s
 }
 
