@@ -120,7 +120,9 @@ func (s *fakeStore) WatchEndpoints(context.Context, chan<- peerdb.Update) {}
 func (s *fakeStore) JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, _ string) (peerdb.Network, error) {
 	return s.AllocateNetwork(ctx, n, want, rng)
 }
-func (s *fakeStore) LeaveNamedNetwork(context.Context, string, string) (bool, error) { return true, nil }
+func (s *fakeStore) LeaveNamedNetwork(context.Context, string, string) (bool, error) {
+	return true, nil
+}
 
 var self = netip.MustParseAddr("192.0.2.11")
 

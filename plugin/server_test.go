@@ -57,7 +57,9 @@ func (r *recorder) Leave(_ context.Context, nid, eid string) error {
 func (r *recorder) RequestPool(_ context.Context, pool, sub string, v6 bool) (string, error) {
 	return "pool-" + pool, r.note("requestpool %s %s v6=%v", pool, sub, v6)
 }
-func (r *recorder) ReleasePool(_ context.Context, id string) error { return r.note("releasepool %s", id) }
+func (r *recorder) ReleasePool(_ context.Context, id string) error {
+	return r.note("releasepool %s", id)
+}
 func (r *recorder) RequestAddress(_ context.Context, id, addr string, opts map[string]string) (string, error) {
 	return addr + "/24", r.note("requestaddress %s %q %v", id, addr, opts)
 }
