@@ -35,6 +35,7 @@ type Settings struct {
 	LogFormat     string
 	Timeout       time.Duration
 	Scope         string
+	NodeTTL       time.Duration
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates
@@ -115,6 +116,15 @@ var table = []setting{
 		str(func(s *Settings) *string { return &s.NetnsDir })},
 	{"VXNET_STATE_DIR", "state-dir", "/var/lib/vxnet", "persistent state of this node",
 		str(func(s *Settings) *string { return &s.StateDir })},
+	{"VXNET_NODE_TTL", "node-ttl", "8s", "how long a silent node's endpoints and addresses outlive it (etcd lease TTL, whole seconds)",
+		func(s *Settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 2*time.Second || d%time.Second != 0 {
+				return fmt.Errorf("%q is not a whole number of seconds, at least 2s", v)
+			}
+			s.NodeTTL = d
+			return nil
+		}},
 	{"VXNET_REQUEST_TIMEOUT", "request-timeout", "20s", "deadline of each Docker request; keep it below Docker's 30 s",
 		func(s *Settings, v string) error {
 			d, err := time.ParseDuration(v)

@@ -29,10 +29,16 @@ func (d *Driver) Run(ctx context.Context) {
 	}
 }
 
+// Republish writes the records of all this node's attached endpoints again:
+// for when the node's lease was renewed and its records had lapsed.
+func (d *Driver) Republish(ctx context.Context) { d.publish(ctx, true) }
+
 // republish writes the records of this node's attached endpoints that the
 // table lacks or holds wrong, so a record lost while this node was not
 // watching (or a restart) comes back.
-func (d *Driver) republish(ctx context.Context) {
+func (d *Driver) republish(ctx context.Context) { d.publish(ctx, false) }
+
+func (d *Driver) publish(ctx context.Context, all bool) {
 	d.mu.Lock()
 	var recs []peerdb.Endpoint
 	for _, n := range d.networks {
@@ -41,7 +47,7 @@ func (d *Driver) republish(ctx context.Context) {
 				continue
 			}
 			r := d.record(n, ep)
-			if cur, ok := d.peers[r.Key()]; !ok || !samePeer(cur, r) {
+			if cur, ok := d.peers[r.Key()]; all || !ok || !samePeer(cur, r) {
 				recs = append(recs, r)
 			}
 		}

@@ -21,10 +21,15 @@ package ipam
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/peerdb"
@@ -62,11 +67,91 @@ type Allocator struct {
 	store Store
 	node  string
 	log   *logrus.Entry
+	file  string // where held is kept across restarts; "" = memory only
+
+	// mu guards held: the containers' addresses this node holds, which it
+	// claims again if its lease lapsed (Reclaim).
+	mu   sync.Mutex
+	held map[string]bool // "POOL ADDR"
 }
 
-// New returns an Allocator for node.
-func New(store Store, node string, log *logrus.Entry) *Allocator {
-	return &Allocator{store: store, node: node, log: log}
+// New returns an Allocator for node that keeps the addresses it holds in
+// file (if not empty).
+func New(store Store, node, file string, log *logrus.Entry) *Allocator {
+	a := &Allocator{store: store, node: node, log: log, file: file, held: map[string]bool{}}
+	if b, err := os.ReadFile(file); err == nil {
+		var list []string
+		if err := json.Unmarshal(b, &list); err != nil {
+			log.WithError(err).Error("held addresses unreadable; starting empty")
+		}
+		for _, h := range list {
+			a.held[h] = true
+		}
+	}
+	return a
+}
+
+// hold records (or with on false, forgets) a container's address this
+// node holds.
+func (a *Allocator) hold(p netip.Prefix, ip netip.Addr, on bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k := p.String() + " " + ip.String()
+	if a.held[k] == on {
+		return
+	}
+	if on {
+		a.held[k] = true
+	} else {
+		delete(a.held, k)
+	}
+	if a.file == "" {
+		return
+	}
+	list := make([]string, 0, len(a.held))
+	for h := range a.held {
+		list = append(list, h)
+	}
+	slices.Sort(list)
+	b, _ := json.Marshal(list)
+	tmp := a.file + ".tmp"
+	err := os.WriteFile(tmp, b, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, a.file)
+	}
+	if err != nil {
+		a.log.WithError(err).Error("saving held addresses; a lapsed lease could lose them")
+	}
+}
+
+// Reclaim claims again every container address this node holds: after its
+// lease lapsed (it was cut off, or down, longer than the TTL) etcd freed
+// them. An address another node took meanwhile is reported: two
+// containers now share it, and one of them must be restarted.
+func (a *Allocator) Reclaim(ctx context.Context) {
+	a.mu.Lock()
+	list := make([]string, 0, len(a.held))
+	for h := range a.held {
+		list = append(list, h)
+	}
+	a.mu.Unlock()
+	for _, h := range list {
+		ps, as, _ := strings.Cut(h, " ")
+		p, err1 := netip.ParsePrefix(ps)
+		ip, err2 := netip.ParseAddr(as)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		got, holder, err := a.store.ClaimAddress(ctx, p, ip, peerdb.Claim{Kind: peerdb.KindEndpoint, Node: a.node})
+		switch {
+		case err != nil:
+			a.log.WithError(err).WithField("ip", ip).Error("claiming a held address again")
+		case !got && holder.Node != a.node:
+			a.log.WithField("ip", ip).Errorf("address taken by %s (%s) while this node's lease had lapsed: two containers share it", holder.Node, holder.Kind)
+		default:
+			a.log.WithField("ip", ip).Info("address claimed again after the node lease was renewed")
+		}
+	}
 }
 
 // RequestPool takes pool (a subnet the user must give, the same on every
@@ -145,6 +230,9 @@ func (a *Allocator) RequestAddress(ctx context.Context, poolID, addr string, opt
 	if !got && !(claim.Kind != peerdb.KindEndpoint && holder.Kind == claim.Kind) {
 		return "", invalid("address %s is in use (%s on %s): choose another --ip or leave it out", ip, holder.Kind, holder.Node)
 	}
+	if claim.Kind == peerdb.KindEndpoint {
+		a.hold(p, ip, true)
+	}
 	return netip.PrefixFrom(ip, p.Bits()).String(), nil
 }
 
@@ -183,6 +271,7 @@ func (a *Allocator) dynamic(ctx context.Context, p netip.Prefix, claim peerdb.Cl
 			return netip.Addr{}, err
 		}
 		if got {
+			a.hold(p, ip, true)
 			return ip, nil
 		}
 	}
@@ -204,7 +293,11 @@ func (a *Allocator) ReleaseAddress(ctx context.Context, poolID, addr string) err
 			return nil
 		}
 	}
-	return a.store.ReleaseAddress(ctx, p, ip, a.node)
+	if err := a.store.ReleaseAddress(ctx, p, ip, a.node); err != nil {
+		return err
+	}
+	a.hold(p, ip, false)
+	return nil
 }
 
 func parsePoolID(id string) (netip.Prefix, error) {

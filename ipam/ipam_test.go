@@ -28,7 +28,7 @@ func nodes(t *testing.T, names ...string) ([]*Allocator, *etcdtest.Server) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		out = append(out, New(s, n, logrus.NewEntry(logrus.StandardLogger())))
+		out = append(out, New(s, n, "", logrus.NewEntry(logrus.StandardLogger())))
 	}
 	return out, e
 }
@@ -118,7 +118,7 @@ func TestAddressKinds(t *testing.T) {
 		}
 	}
 	// Another host with another range is refused.
-	if _, err := New(h1.store, "h3", h1.log).RequestPool(ctx(t), "198.18.9.0/24", "", false); err == nil || !strings.Contains(err.Error(), "--ip-range 198.18.9.128/25 by h1, h2") {
+	if _, err := New(h1.store, "h3", "", h1.log).RequestPool(ctx(t), "198.18.9.0/24", "", false); err == nil || !strings.Contains(err.Error(), "--ip-range 198.18.9.128/25 by h1, h2") {
 		t.Errorf("pool with another range: %v", err)
 	}
 	// A container's address freed by its node can be taken again; another

@@ -20,7 +20,11 @@ func (s *Store) PutEndpoint(ctx context.Context, e Endpoint) error {
 	if err != nil {
 		return err
 	}
-	_, err = cli.Put(ctx, s.endpointKey(e.Key()), string(val))
+	lease, err := s.leased(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, s.endpointKey(e.Key()), string(val), lease)
 	return s.wrap("publish endpoint "+e.EID, err)
 }
 
@@ -57,7 +61,11 @@ func (s *Store) PutNode(ctx context.Context, n Node) error {
 	if err != nil {
 		return err
 	}
-	_, err = cli.Put(ctx, s.nodeKey(n.Name), string(val))
+	lease, err := s.leased(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, s.nodeKey(n.Name), string(val), lease)
 	return s.wrap("publish node "+n.Name, err)
 }
 

@@ -171,8 +171,16 @@ func (s *Store) ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.
 	}
 	key := s.addrKey(pool, addr)
 	b, _ := json.Marshal(c)
+	var opts []clientv3.OpOption
+	if c.Kind == KindEndpoint { // a container's address lives with its node
+		lease, err := s.leased(ctx)
+		if err != nil {
+			return false, Claim{}, err
+		}
+		opts = append(opts, lease)
+	}
 	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(b))).Else(clientv3.OpGet(key)).Commit()
+		Then(clientv3.OpPut(key, string(b), opts...)).Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
 		return false, Claim{}, s.wrap("claim address "+addr.String(), err)
 	}

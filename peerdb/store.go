@@ -24,6 +24,11 @@ type Config struct {
 	// CAFile, CertFile and KeyFile enable TLS (CA alone: server auth only).
 	CAFile, CertFile, KeyFile string
 	Username, Password        string
+	// LeaseTTL is how long the node's records outlive its last keepalive
+	// (see lease.go); 0 writes them with no lease.
+	LeaseTTL time.Duration
+	// LeaseFile keeps the lease ID across restarts.
+	LeaseFile string
 }
 
 // Store is the cluster-wide state in etcd. It connects in the background:
@@ -37,8 +42,15 @@ type Store struct {
 	ready   chan struct{} // closed once cli is set
 	cli     *clientv3.Client
 	lastErr atomic.Pointer[error] // why the last connection attempt failed
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
+
+	// leaseMu guards lease, leaseReady and onNewLease; it is taken alone.
+	leaseMu      sync.Mutex
+	lease        clientv3.LeaseID
+	leaseRenewed bool          // lease is not the one the records were under
+	leaseReady   chan struct{} // closed once lease is set; nil after
+	onNewLease   []func()
+	stop         context.CancelFunc
+	wg           sync.WaitGroup
 }
 
 // Open starts connecting to etcd and returns immediately.
@@ -61,6 +73,8 @@ func Open(cfg Config, log *logrus.Entry) (*Store, error) {
 		log:    log,
 		ready:  make(chan struct{}),
 		stop:   cancel,
+
+		leaseReady: make(chan struct{}),
 	}
 	s.wg.Add(1)
 	go s.connect(ctx, tlsCfg)
@@ -84,6 +98,10 @@ func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
 		if err == nil {
 			s.cli = cli
 			close(s.ready)
+			if s.cfg.LeaseTTL > 0 {
+				s.wg.Add(1)
+				go s.leaseLoop(ctx, cli)
+			}
 			return
 		}
 		s.lastErr.Store(&err)

@@ -151,6 +151,7 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
 		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
 		Username: s.EtcdUser, Password: s.EtcdPassword,
+		LeaseTTL: s.NodeTTL, LeaseFile: filepath.Join(s.StateDir, "lease"),
 	}, log.WithField("part", "peerdb"))
 	if err != nil {
 		return err
@@ -162,9 +163,17 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 	if err := d.Restore(); err != nil {
 		return err
 	}
+	alloc := ipam.New(store, s.NodeName, filepath.Join(s.StateDir, "ipam.json"), log.WithField("part", "ipam"))
+	node := peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}
+	// Whatever lived under a lapsed lease is written again under the new one.
+	store.OnNewLease(func() {
+		publishNode(ctx, store, node, log)
+		d.Republish(ctx)
+		alloc.Reclaim(ctx)
+	})
 	go d.Run(ctx)
-	go publishNode(ctx, store, peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}, log)
-	h.SetDriver(d, ipam.New(store, s.NodeName, log.WithField("part", "ipam")))
+	go publishNode(ctx, store, node, log)
+	h.SetDriver(d, alloc)
 	log.WithFields(logrus.Fields{
 		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
 		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "scope": s.Scope, "version": version,
