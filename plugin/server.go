@@ -57,10 +57,15 @@ type Handler struct {
 }
 
 type driverState struct {
-	d    Driver
-	ipam IPAM
-	err  error // why there is no driver yet
+	d       Driver
+	ipam    IPAM
+	err     error         // why there is no driver yet
+	changed chan struct{} // closed when this state is replaced
 }
+
+// errStarting is the state of a plugin that is still starting: requests
+// wait for it (up to their deadline) rather than fail.
+var errStarting = errors.New("starting")
 
 // NewHandler returns the protocol's HTTP handler for a network driver of
 // scope ("global" or "local"), serving d and ipam if not nil.
@@ -69,7 +74,7 @@ func NewHandler(d Driver, ipam IPAM, scope string, log *logrus.Entry, timeout ti
 	if d != nil {
 		h.SetDriver(d, ipam)
 	} else {
-		h.NotReady(errors.New("starting"))
+		h.NotReady(errStarting)
 	}
 	h.mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
@@ -82,17 +87,44 @@ func NewHandler(d Driver, ipam IPAM, scope string, log *logrus.Entry, timeout ti
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
 // SetDriver makes the handler serve d and ipam.
-func (h *Handler) SetDriver(d Driver, ipam IPAM) { h.state.Store(&driverState{d: d, ipam: ipam}) }
+func (h *Handler) SetDriver(d Driver, ipam IPAM) { h.setState(&driverState{d: d, ipam: ipam}) }
 
 // NotReady says why there is no driver yet; calls that need one return it.
-func (h *Handler) NotReady(why error) { h.state.Store(&driverState{err: why}) }
+func (h *Handler) NotReady(why error) { h.setState(&driverState{err: why}) }
+
+func (h *Handler) setState(st *driverState) {
+	st.changed = make(chan struct{})
+	if old := h.state.Swap(st); old != nil {
+		close(old.changed)
+	}
+}
+
+// ready returns the driver state a request can use: at once if there is a
+// driver or a reason there is none; while the plugin is only starting, it
+// waits for one of those until ctx ends.
+func (h *Handler) ready(ctx context.Context) (*driverState, error) {
+	for {
+		st := h.state.Load()
+		switch {
+		case st.d != nil:
+			return st, nil
+		case st.err != errStarting:
+			return nil, fmt.Errorf("not ready: %w", st.err)
+		}
+		select {
+		case <-st.changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("not ready: still starting: %w", ctx.Err())
+		}
+	}
+}
 
 // handle registers a route that needs the driver.
 func handle[Req any](h *Handler, route string, fn func(context.Context, Driver, *Req) (any, error)) {
 	always(h, route, func(ctx context.Context, r *Req) (any, error) {
-		st := h.state.Load()
-		if st.d == nil {
-			return nil, fmt.Errorf("not ready: %w", st.err)
+		st, err := h.ready(ctx)
+		if err != nil {
+			return nil, err
 		}
 		return fn(ctx, st.d, r)
 	})
@@ -101,9 +133,9 @@ func handle[Req any](h *Handler, route string, fn func(context.Context, Driver, 
 // handleIPAM registers a route that needs the IPAM driver.
 func handleIPAM[Req any](h *Handler, route string, fn func(context.Context, IPAM, *Req) (any, error)) {
 	always(h, route, func(ctx context.Context, r *Req) (any, error) {
-		st := h.state.Load()
-		if st.ipam == nil {
-			return nil, fmt.Errorf("not ready: %w", st.err)
+		st, err := h.ready(ctx)
+		if err != nil {
+			return nil, err
 		}
 		return fn(ctx, st.ipam, r)
 	})

@@ -54,7 +54,7 @@ func TestDockerWithoutSwarm(t *testing.T) {
 	})
 
 	t.Run("BadInputIsRefusedAtCreate", func(t *testing.T) {
-		before := s.Etcd.Keys(t, "/vxnet/")
+		before := s.Etcd.State(t)
 		for _, tc := range []struct {
 			subnet string
 			extra  []string
@@ -70,7 +70,7 @@ func TestDockerWithoutSwarm(t *testing.T) {
 			}
 			h1.Docker("network", "rm", "bad")
 		}
-		if after := s.Etcd.Keys(t, "/vxnet/"); fmt.Sprint(after) != fmt.Sprint(before) {
+		if after := s.Etcd.State(t); fmt.Sprint(after) != fmt.Sprint(before) {
 			t.Errorf("refused creates changed etcd:\nbefore %v\nafter  %v", before, after)
 		}
 	})
@@ -167,7 +167,7 @@ func TestDockerWithoutSwarm(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if keys := s.Etcd.Keys(t, "/vxnet/"); slices.ContainsFunc(keys, func(k string) bool { return !strings.HasPrefix(k, "/vxnet/nodes/") }) {
+		if keys := s.Etcd.State(t); len(keys) > 0 {
 			t.Errorf("keys left after the last host removed the network: %v", keys)
 		}
 	})

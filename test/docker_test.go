@@ -326,7 +326,7 @@ func TestDocker(t *testing.T) {
 			"-o", "com.docker.network.driver.overlay.vxlanid_list=4242", "holder"); err != nil {
 			t.Fatal(err)
 		}
-		before := s.Etcd.Keys(t, "/vxnet/")
+		before := s.Etcd.State(t)
 		for i, tc := range []struct{ opt, want string }{
 			{"com.docker.network.driver.mtu=abc", "want the underlay MTU in bytes"},
 			{"com.docker.network.driver.overlay.vxlanid_list=99999999", "is not a VNI"},
@@ -353,7 +353,7 @@ func TestDocker(t *testing.T) {
 			}
 			m.Docker("network", "rm", name)
 		}
-		if after := s.Etcd.Keys(t, "/vxnet/"); fmt.Sprint(after) != fmt.Sprint(before) {
+		if after := s.Etcd.State(t); fmt.Sprint(after) != fmt.Sprint(before) {
 			t.Errorf("refused creates changed etcd:\nbefore %v\nafter  %v", before, after)
 		}
 		for _, d := range s.Daemons {

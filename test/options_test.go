@@ -20,7 +20,7 @@ func TestBadNetworkOptionsLeaveNothing(t *testing.T) {
 	if _, err := l.CreateNetwork("taken", map[string]string{optVNIs: "4242"}, net1); err != nil {
 		t.Fatal(err)
 	}
-	before := l.Etcd.Keys(t, "/vxnet/")
+	before := l.Etcd.State(t)
 	for _, tc := range []struct {
 		opts  map[string]string
 		pools []lab.Pool
@@ -44,7 +44,7 @@ func TestBadNetworkOptionsLeaveNothing(t *testing.T) {
 			}
 		}
 	}
-	if after := l.Etcd.Keys(t, "/vxnet/"); fmt.Sprint(after) != fmt.Sprint(before) {
+	if after := l.Etcd.State(t); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Errorf("refused creates changed etcd:\nbefore %v\nafter  %v", before, after)
 	}
 }

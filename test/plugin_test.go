@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -196,7 +195,7 @@ func TestCrossHostTrafficAndPeerLifecycle(t *testing.T) {
 			t.Errorf("namespace of removed network on %s: %v", h.Name, err)
 		}
 	}
-	if keys := l.Etcd.Keys(t, "/vxnet/"); slices.ContainsFunc(keys, func(k string) bool { return !strings.HasPrefix(k, "/vxnet/nodes/") }) {
+	if keys := l.Etcd.State(t); len(keys) > 0 {
 		t.Errorf("etcd keys left after FreeNetwork: %v", keys)
 	}
 }

@@ -184,6 +184,20 @@ func (e *Etcd) Keys(t nstest.T, prefix string) []string {
 	return out
 }
 
+// State lists vxnet's etcd keys but the node records, which nodes write
+// at start, whenever etcd answers: what networks, endpoints and addresses
+// exist.
+func (e *Etcd) State(t nstest.T) []string {
+	t.Helper()
+	var out []string
+	for _, k := range e.Keys(t, "/vxnet/") {
+		if !strings.HasPrefix(k, "/vxnet/nodes/") {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Start runs the plugin on h with the lab's settings plus h.Env and env,
 // and waits for its socket.
 func (h *Host) Start(env ...string) {
