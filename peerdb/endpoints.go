@@ -10,13 +10,19 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// PutEndpoint publishes e, replacing any earlier record of it.
+// PutEndpoint publishes e, replacing any earlier record of it, under the
+// node's lease.
 func (s *Store) PutEndpoint(ctx context.Context, e Endpoint) error {
+	return s.putLeased(ctx, s.endpointKey(e.Key()), e, "publish endpoint "+e.EID)
+}
+
+// putLeased writes v as JSON at key under the node's lease.
+func (s *Store) putLeased(ctx context.Context, key string, v any, what string) error {
 	cli, err := s.client(ctx)
 	if err != nil {
 		return err
 	}
-	val, err := json.Marshal(e)
+	val, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
@@ -24,8 +30,8 @@ func (s *Store) PutEndpoint(ctx context.Context, e Endpoint) error {
 	if err != nil {
 		return err
 	}
-	_, err = cli.Put(ctx, s.endpointKey(e.Key()), string(val), lease)
-	return s.wrap("publish endpoint "+e.EID, err)
+	_, err = cli.Put(ctx, key, string(val), lease)
+	return s.wrap(what, err)
 }
 
 // DeleteEndpoint withdraws the record of k. An unknown record is done.
@@ -51,22 +57,9 @@ func (s *Store) Endpoints(ctx context.Context, nid string) ([]Endpoint, error) {
 	return s.decodeEndpoints(resp.Kvs), nil
 }
 
-// PutNode publishes the record of this node.
+// PutNode publishes the record of this node under its lease.
 func (s *Store) PutNode(ctx context.Context, n Node) error {
-	cli, err := s.client(ctx)
-	if err != nil {
-		return err
-	}
-	val, err := json.Marshal(n)
-	if err != nil {
-		return err
-	}
-	lease, err := s.leased(ctx)
-	if err != nil {
-		return err
-	}
-	_, err = cli.Put(ctx, s.nodeKey(n.Name), string(val), lease)
-	return s.wrap("publish node "+n.Name, err)
+	return s.putLeased(ctx, s.nodeKey(n.Name), n, "publish node "+n.Name)
 }
 
 // Update is one change to the endpoint table, in revision order.

@@ -16,10 +16,6 @@ import (
 // createNS makes a new network namespace and pins it by bind-mounting it on
 // path, like `ip netns add` does under /run/netns. The namespace lives as
 // long as that mount, independent of this process.
-//
-// The unshare happens on a dedicated, locked OS thread. If the thread cannot
-// be switched back to the original namespace it is never unlocked, so the Go
-// runtime retires it instead of reusing a thread in the wrong namespace.
 func createNS(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create namespace directory: %w", err)
@@ -29,7 +25,32 @@ func createNS(path string) error {
 		return fmt.Errorf("create namespace pin %s: %w", path, err)
 	}
 	f.Close()
+	err = onThread(
+		func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("unshare network namespace: %w", err)
+			}
+			return nil
+		},
+		func() error {
+			self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+			if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
+				return fmt.Errorf("pin namespace on %s: %w", path, err)
+			}
+			return nil
+		})
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}
 
+// onThread runs enter, which moves the calling thread into another network
+// namespace, then fn, on a dedicated locked OS thread, and moves the thread
+// back. If enter fails the thread has not moved. If the thread cannot be
+// moved back it is never unlocked, so the Go runtime retires it instead of
+// running other goroutines in the wrong namespace.
+func onThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -40,30 +61,20 @@ func createNS(path string) error {
 			return
 		}
 		defer origin.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
+			errc <- err
 			return
 		}
-		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		mountErr := unix.Mount(self, path, "none", unix.MS_BIND, "")
+		fnErr := fn()
 		if err := netns.Set(origin); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- errors.Join(mountErr, fmt.Errorf("return to original namespace: %w", err))
+			errc <- errors.Join(fnErr, fmt.Errorf("return to original namespace: %w", err))
 			return
 		}
 		runtime.UnlockOSThread()
-		if mountErr != nil {
-			errc <- fmt.Errorf("pin namespace on %s: %w", path, mountErr)
-			return
-		}
-		errc <- nil
+		errc <- fnErr
 	}()
-	if err := <-errc; err != nil {
-		os.Remove(path)
-		return err
-	}
-	return nil
+	return <-errc
 }
 
 // removeNS unpins the namespace at path (`ip netns del`). The kernel frees it
@@ -103,30 +114,12 @@ func openNS(path string) (netns.NsHandle, error) {
 }
 
 // inNS runs fn on a locked OS thread inside ns. Used for the few things that
-// have no netlink call, such as per-namespace sysctls.
+// have no netlink handle of their own, such as raw netlink requests.
 func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		origin, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current namespace: %w", err)
-			return
-		}
-		defer origin.Close()
+	return onThread(func() error {
 		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter namespace: %w", err)
-			return
+			return fmt.Errorf("enter namespace: %w", err)
 		}
-		fnErr := fn()
-		if err := netns.Set(origin); err != nil {
-			errc <- errors.Join(fnErr, fmt.Errorf("return to original namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
+		return nil
+	}, fn)
 }
