@@ -36,6 +36,7 @@ type PeerStore interface {
 	PutEndpoint(ctx context.Context, e peerdb.Endpoint) error
 	DeleteEndpoint(ctx context.Context, k peerdb.Key) error
 	WatchEndpoints(ctx context.Context, out chan<- peerdb.Update)
+	Nodes(ctx context.Context) ([]peerdb.Node, error)
 	JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, node string) (peerdb.Network, error)
 	LeaveNamedNetwork(ctx context.Context, nid, node string) (bool, error)
 }

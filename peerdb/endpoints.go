@@ -158,3 +158,23 @@ func (s *Store) decodeEndpoints(kvs []*mvccpb.KeyValue) []Endpoint {
 	}
 	return out
 }
+
+// Nodes lists the records of the nodes alive (their leases held).
+func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
+	cli, err := s.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.Get(ctx, s.prefix+"/nodes/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, s.wrap("list nodes", err)
+	}
+	var out []Node
+	for _, kv := range resp.Kvs {
+		var n Node
+		if err := json.Unmarshal(kv.Value, &n); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}

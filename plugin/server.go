@@ -41,6 +41,11 @@ type Driver interface {
 	EndpointInfo(nid, eid string) (map[string]string, error)
 	Join(ctx context.Context, nid, eid string) (driver.JoinResult, error)
 	Leave(ctx context.Context, nid, eid string) error
+
+	// For vxnet's own commands (status, peers, check).
+	Status(ctx context.Context) driver.Status
+	Peers(nid string) ([]driver.PeerView, error)
+	Check() ([]driver.Problem, error)
 }
 
 // contentType is what Docker's plugin client sends and expects.
@@ -81,6 +86,7 @@ func NewHandler(d Driver, ipam IPAM, scope string, log *logrus.Entry, timeout ti
 	})
 	h.routes()
 	h.ipamRoutes()
+	h.inspectRoutes()
 	return h
 }
 

@@ -137,6 +137,20 @@ func TestDocker(t *testing.T) {
 		}
 		dockerTransfer(t, s.Daemons[0], "c1", s.Daemons[2], "c3", ips["c3"], 10)
 
+		// An operator runs vxnet's own commands from the plugin's rootfs
+		// against its socket.
+		bin, sock, err := m.PluginPaths(drv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		operator := func(cmd string) (string, error) { return m.InHostMounts(bin, cmd, "--socket", sock) }
+		if out, err := operator("check"); err != nil || !strings.Contains(out, "ok: the kernel holds exactly the peers etcd says") {
+			t.Errorf("vxnet check from the plugin rootfs: %v\n%s", err, out)
+		}
+		if out, err := operator("peers"); err != nil || strings.Count(out, " yes") != 2 {
+			t.Errorf("vxnet peers from the plugin rootfs: %v\n%s", err, out)
+		}
+
 		// docker rm of c2: its entries go from every other host.
 		c2mac, _ := s.Daemons[1].Docker("inspect", "-f", `{{(index .NetworkSettings.Networks "net1").MacAddress}}`, "c2")
 		if _, err := s.Daemons[1].Docker("rm", "-f", "c2"); err != nil {

@@ -2,6 +2,9 @@
 // over VXLAN between hosts, with its shared state in etcd.
 //
 //	vxnet plugin [flags]   serve Docker's network-driver protocol
+//	vxnet status           this node, etcd's health, the nodes alive
+//	vxnet peers [NETWORK]  the cluster's endpoints and whether they are programmed here
+//	vxnet check            kernel vs etcd on this host; exit 1 on any difference
 //	vxnet settings         list every setting (environment and flags)
 //	vxnet version
 package main
@@ -33,11 +36,15 @@ var version = "dev"
 const usage = `usage: vxnet COMMAND
 
   plugin     serve Docker's network-driver protocol on VXNET_SOCKET
+  status     this node, etcd's health and the nodes alive
+  peers      the cluster's endpoints [of one network] and whether this host programmed them
+  check      compare this host's kernel with etcd; exit 1 listing every missing or stale entry
   settings   list every setting, its environment variable, flag and default
   version    print the version
 
 Settings come from environment variables (docker plugin set) or flags;
-see 'vxnet settings'.
+see 'vxnet settings'. status, peers and check ask the running plugin on
+its socket (--socket, default $VXNET_SOCKET or /run/docker/plugins/vxnet.sock).
 `
 
 func main() {
@@ -49,6 +56,11 @@ func main() {
 	switch os.Args[1] {
 	case "plugin":
 		err = runPlugin(os.Args[2:])
+	case "status", "peers", "check":
+		err = inspect(os.Args[1], os.Args[2:])
+		if errors.Is(err, errProblems) {
+			os.Exit(1)
+		}
 	case "settings":
 		config.WriteHelp(os.Stdout)
 	case "version":

@@ -226,6 +226,18 @@ func (d *Daemon) Log() string {
 	return string(b)
 }
 
+// PluginPaths are where an operator on d's host finds the vxnet binary of
+// managed plugin ref (in its rootfs, under --data-root, by default
+// /var/lib/docker) and its socket (Docker 20.10 puts it in
+// /run/docker/plugins/ID/ whatever --exec-root says).
+func (d *Daemon) PluginPaths(ref string) (bin, socket string, err error) {
+	id, err := d.Docker("plugin", "inspect", "-f", "{{.Id}}", ref)
+	if err != nil {
+		return "", "", err
+	}
+	return filepath.Join(d.Dir, "data", "plugins", id, "rootfs", "vxnet"), filepath.Join("/run/docker/plugins", id, "vxnet.sock"), nil
+}
+
 // Pid is dockerd's process ID: its mount namespace holds the host's /run.
 func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 

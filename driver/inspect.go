@@ -1,0 +1,175 @@
+package driver
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vxnet/vxnet/peerdb"
+	"github.com/vxnet/vxnet/vxlan"
+)
+
+// Status is what `vxnet status` shows of this node.
+type Status struct {
+	Node      string        `json:"node"`
+	VTEP      string        `json:"vtep"`
+	Scope     string        `json:"scope"`
+	Synced    bool          `json:"synced"` // holds a full endpoint table from etcd
+	Networks  int           `json:"networks"`
+	Attached  int           `json:"attached_networks"`
+	Endpoints int           `json:"local_endpoints"`
+	Peers     int           `json:"cluster_endpoints"`
+	Etcd      string        `json:"etcd"` // "ok" or why not
+	Nodes     []peerdb.Node `json:"nodes"`
+}
+
+// Status reports this node's state and etcd's health.
+func (d *Driver) Status(ctx context.Context) Status {
+	d.mu.Lock()
+	st := Status{Node: d.cfg.Node, VTEP: d.cfg.Underlay.Addr.String(), Scope: d.cfg.Scope, Networks: len(d.networks), Peers: len(d.peers)}
+	for _, n := range d.networks {
+		if n.attached > 0 {
+			st.Attached++
+		}
+		st.Endpoints += len(n.endpoints)
+	}
+	d.mu.Unlock()
+	select {
+	case <-d.synced:
+		st.Synced = true
+	default:
+	}
+	c, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	st.Etcd = "ok"
+	nodes, err := d.store.Nodes(c)
+	if err != nil {
+		st.Etcd = err.Error()
+	}
+	st.Nodes = nodes
+	return st
+}
+
+// PeerView is one row of `vxnet peers`: an endpoint of the cluster table
+// and whether this host's kernel holds its entries as they should be.
+type PeerView struct {
+	Network    string `json:"network"` // the local network ID
+	EID        string `json:"eid"`
+	IP         string `json:"ip"`
+	MAC        string `json:"mac"`
+	VTEP       string `json:"vtep"`
+	Node       string `json:"node"`
+	Local      bool   `json:"local"`      // this node's own endpoint
+	Programmed string `json:"programmed"` // yes, no, or "-" where nothing is due (local, network not attached)
+}
+
+// Problem is a difference between the desired state and the kernel.
+type Problem struct {
+	Network string `json:"network"`
+	Kind    string `json:"kind"` // missing or stale
+	Peer    string `json:"peer"`
+}
+
+// Peers lists the cluster endpoints of the networks created on this node
+// (of network nid only, if not empty) and what the kernel holds of each.
+func (d *Driver) Peers(nid string) ([]PeerView, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []PeerView
+	for _, n := range d.networks {
+		if nid != "" && n.nid != nid {
+			continue
+		}
+		have := map[string]bool{}
+		if n.attached > 0 {
+			kernel, err := d.plane.Peers(n.nid)
+			if err != nil {
+				return nil, err
+			}
+			for _, p := range kernel {
+				have[p.String()] = true
+			}
+		}
+		for _, e := range d.peers {
+			if e.NID != n.cid {
+				continue
+			}
+			v := PeerView{Network: n.nid, EID: e.EID, IP: e.IP.String(), MAC: e.MAC, VTEP: e.VTEP.String(), Node: e.Node,
+				Local: e.VTEP == d.cfg.Underlay.Addr, Programmed: "-"}
+			if !v.Local && n.attached > 0 {
+				v.Programmed = "no"
+				for _, p := range d.kernelPeers(n, []peerdb.Endpoint{e}) {
+					if have[p.String()] {
+						v.Programmed = "yes"
+					}
+				}
+			}
+			out = append(out, v)
+		}
+	}
+	slices.SortFunc(out, func(a, b PeerView) int {
+		if a.Network != b.Network {
+			return strings.Compare(a.Network, b.Network)
+		}
+		return strings.Compare(a.IP, b.IP)
+	})
+	return out, nil
+}
+
+// Check compares, for every network attached on this host, the remote
+// peers etcd says it must hold with what its kernel holds, and lists every
+// missing and every stale neighbour/FDB entry.
+func (d *Driver) Check() ([]Problem, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Problem
+	for _, n := range d.networks {
+		if n.attached == 0 {
+			continue
+		}
+		var recs []peerdb.Endpoint
+		for _, e := range d.peers {
+			if e.NID == n.cid {
+				recs = append(recs, e)
+			}
+		}
+		want := map[string]bool{}
+		for _, p := range d.kernelPeers(n, recs) {
+			want[p.String()] = true
+		}
+		kernel, err := d.plane.Peers(n.nid)
+		if err != nil {
+			return nil, err
+		}
+		have := map[string]bool{}
+		for _, p := range kernel {
+			have[p.String()] = true
+			if !want[p.String()] {
+				out = append(out, Problem{Network: n.nid, Kind: "stale", Peer: describe(p)})
+			}
+		}
+		for _, p := range d.kernelPeers(n, recs) {
+			if !have[p.String()] {
+				out = append(out, Problem{Network: n.nid, Kind: "missing", Peer: describe(p)})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Problem) int { return strings.Compare(a.Network+a.Peer+a.Kind, b.Network+b.Peer+b.Kind) })
+	return out, nil
+}
+
+// describe names a kernel entry pair, saying which half is absent.
+func describe(p vxlan.Peer) string {
+	ip, vtep := p.IP.String(), p.VTEP.String()
+	if !p.IP.IsValid() {
+		ip = "(no neighbour entry)"
+	}
+	if !p.VTEP.IsValid() {
+		vtep = "(no fdb entry)"
+	}
+	return "vni " + strconv.FormatUint(uint64(p.VNI), 10) + " " + ip + " " + net.HardwareAddr(p.MAC).String() + " via " + vtep
+}
+

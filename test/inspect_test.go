@@ -1,0 +1,72 @@
+package test
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/test/lab"
+)
+
+// vxnetCmd runs `vxnet ARGS` against host h's plugin socket.
+func vxnetCmd(h *lab.Host, args ...string) (string, int) {
+	full := append([]string{args[0], "--socket", h.Socket}, args[1:]...)
+	out, err := exec.Command(vxnetBin, full...).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return string(out), code
+}
+
+// vxnet status, peers and check show an operator the state, and check
+// finds every difference between etcd and the kernel.
+func TestStatusPeersAndCheck(t *testing.T) {
+	l := newLab(t, 2)
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	nid := "insp" + lab.NewID()[:20]
+	opts, err := l.CreateNetwork(nid, nil, net1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := "vxn" + opts["com.docker.network.driver.overlay.vxlanid_list"]
+	c1 := must(h1.Run(nid, "198.18.10.2/24"))
+	c2 := must(h2.Run(nid, "198.18.10.3/24"))
+	must(h2.Run(nid, "198.18.10.4/24"))
+
+	out, code := vxnetCmd(h1, "status")
+	for _, want := range []string{"node               h1", "etcd               ok", "peer table loaded  true", "h2    192.0.2.12"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("vxnet status (exit %d) lacks %q:\n%s", code, want, out)
+		}
+	}
+	eventually(t, "peers programmed", func() error {
+		out, _ = vxnetCmd(h1, "peers", nid)
+		if strings.Count(out, " yes") != 2 || !strings.Contains(out, c1.IP) || !strings.Contains(out, "local") {
+			return fmt.Errorf("vxnet peers:\n%s", out)
+		}
+		return nil
+	})
+	if out, code := vxnetCmd(h1, "check"); code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("vxnet check on a healthy host: exit %d\n%s", code, out)
+	}
+
+	// Break the kernel state: a stale neighbour, and c2's FDB entry gone.
+	if out, err := h1.InNetwork(nid, "ip", "neigh", "add", "198.18.10.99", "lladdr", "02:00:00:00:00:99", "dev", dev, "nud", "permanent"); err != nil {
+		t.Fatal(err, out)
+	}
+	if out, err := h1.InNetwork(nid, "bridge", "fdb", "del", c2.MAC, "dev", dev, "dst", h2.Addr, "self"); err != nil {
+		t.Fatal(err, out)
+	}
+	out, code = vxnetCmd(h1, "check")
+	if code != 1 || !strings.Contains(out, "stale    vni") || !strings.Contains(out, "198.18.10.99 02:00:00:00:00:99") ||
+		!strings.Contains(out, "missing  vni") || !strings.Contains(out, "198.18.10.3 "+c2.MAC+" via "+h2.Addr) {
+		t.Errorf("vxnet check after breaking the kernel: exit %d\n%s", code, out)
+	}
+	if out, _ := vxnetCmd(h1, "peers"); !strings.Contains(out, "198.18.10.3") || !strings.Contains(out, " no") {
+		t.Errorf("vxnet peers does not show c2 unprogrammed:\n%s", out)
+	}
+}
