@@ -172,4 +172,3 @@ func describe(p vxlan.Peer) string {
 	}
 	return "vni " + strconv.FormatUint(uint64(p.VNI), 10) + " " + ip + " " + net.HardwareAddr(p.MAC).String() + " via " + vtep
 }
-
