@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -444,6 +445,71 @@ func TestDocker(t *testing.T) {
 			}
 			if n := len(s.Etcd.Keys(t, "/vxnet/endpoints/"+nid+"/")); n != 2 {
 				return fmt.Errorf("%d endpoint records; want 2 (dis1, dis4)", n)
+			}
+			return nil
+		})
+	})
+
+	t.Run("PluginKilledUnderTraffic", func(t *testing.T) {
+		if _, err := m.Docker("network", "create", "-d", drv, "--attachable", "--subnet", "198.18.62.0/24", "kill"); err != nil {
+			t.Fatal(err)
+		}
+		d1, d2 := s.Daemons[0], s.Daemons[1]
+		run(t, d1, "k1", "kill")
+		ip2 := run(t, d2, "k2", "kill")
+		defer d1.Docker("rm", "-f", "k1")
+		pid, err := d2.PluginPid()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cpid, err := d1.ContainerPid("k1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 50 pings a second for 8 s from k1 to k2 while h2's plugin is
+		// killed and Docker starts it again.
+		ping := exec.Command("nsenter", "-t", fmt.Sprint(cpid), "-n", "ping", "-q", "-i", "0.02", "-w", "8", ip2)
+		var pout strings.Builder
+		ping.Stdout = &pout
+		if err := ping.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "Docker restarts the plugin", func() error {
+			p, err := d2.PluginPid()
+			if err != nil || p == pid {
+				return fmt.Errorf("not restarted yet (%v)", err)
+			}
+			return nil
+		})
+		ping.Wait()
+		var sent, got int
+		fmt.Sscanf(pout.String()[strings.Index(pout.String(), "---"):], "--- %s ping statistics ---\n%d packets transmitted, %d received", new(string), &sent, &got)
+		t.Logf("ping k1 -> k2 across kill -9 of h2's managed plugin and its restart by Docker: %d sent, %d lost", sent, sent-got)
+		if sent == 0 || got != sent {
+			t.Errorf("%d of %d packets lost:\n%s", sent-got, sent, pout.String())
+		}
+		bin, sock, err := d2.PluginPaths(drv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "h2's kernel matches etcd after the restart", func() error {
+			if out, err := d2.InHostMounts(bin, "check", "--socket", sock); err != nil {
+				return fmt.Errorf("%v %s", err, out)
+			}
+			return nil
+		})
+		// Docker's Leave for k2, joined before the kill.
+		nid := nidOf(t, m, "kill")
+		if _, err := d2.Docker("rm", "-f", "k2"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "k2's record gone", func() error {
+			if n := len(s.Etcd.Keys(t, "/vxnet/endpoints/"+nid+"/")); n != 1 {
+				return fmt.Errorf("%d endpoint records; want 1 (k1)", n)
 			}
 			return nil
 		})

@@ -238,6 +238,31 @@ func (d *Daemon) PluginPaths(ref string) (bin, socket string, err error) {
 	return filepath.Join(d.Dir, "data", "plugins", id, "rootfs", "vxnet"), filepath.Join("/run/docker/plugins", id, "vxnet.sock"), nil
 }
 
+// PluginPid finds the process of the vxnet plugin running on d's host: the
+// one in the host's network namespace (the plugin uses host networking).
+func (d *Daemon) PluginPid() (int, error) {
+	var host syscall.Stat_t
+	if err := syscall.Stat(d.Host.NS.Path(), &host); err != nil {
+		return 0, err
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if !bytes.Equal(cmdline, []byte("/vxnet\x00plugin\x00")) {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join("/proc", e.Name(), "ns", "net"), &st) == nil && st.Ino == host.Ino {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no vxnet plugin process on %s", d.Host.Name)
+}
+
 // Pid is dockerd's process ID: its mount namespace holds the host's /run.
 func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 
