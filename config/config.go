@@ -36,6 +36,7 @@ type Settings struct {
 	Timeout       time.Duration
 	Scope         string
 	NodeTTL       time.Duration
+	MetricsAddr   string
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates
@@ -134,6 +135,8 @@ var table = []setting{
 			s.Timeout = d
 			return nil
 		}},
+	{"VXNET_METRICS_ADDR", "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 192.0.2.11:9476); off when empty",
+		str(func(s *Settings) *string { return &s.MetricsAddr })},
 	{"VXNET_LOG_LEVEL", "log-level", "info", "debug, info, warn or error",
 		func(s *Settings, v string) error {
 			switch v {

@@ -69,6 +69,8 @@ type Driver struct {
 
 	synced     chan struct{} // closed once peers holds a full table
 	syncedOnce sync.Once
+
+	metrics metrics
 }
 
 // network is a network created on this node.
@@ -104,6 +106,7 @@ func New(cfg Config, plane DataPlane, store PeerStore, log *logrus.Entry) *Drive
 		networks: map[string]*network{},
 		peers:    map[peerdb.Key]peerdb.Endpoint{},
 		synced:   make(chan struct{}),
+		metrics:  newMetrics(),
 	}
 }
 

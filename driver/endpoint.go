@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vxnet/vxnet/peerdb"
 )
@@ -243,12 +244,13 @@ func (d *Driver) detach(n *network, ep *endpoint) {
 
 func (d *Driver) record(n *network, ep *endpoint) peerdb.Endpoint {
 	return peerdb.Endpoint{
-		NID:  n.cid,
-		EID:  ep.eid,
-		IP:   ep.addr.Addr(),
-		MAC:  ep.mac.String(),
-		VTEP: d.cfg.Underlay.Addr,
-		Node: d.cfg.Node,
+		NID:     n.cid,
+		EID:     ep.eid,
+		IP:      ep.addr.Addr(),
+		MAC:     ep.mac.String(),
+		VTEP:    d.cfg.Underlay.Addr,
+		Node:    d.cfg.Node,
+		Written: time.Now().UTC(),
 	}
 }
 

@@ -42,7 +42,7 @@ func (d *Driver) Status(ctx context.Context) Status {
 		st.Synced = true
 	default:
 	}
-	c, cancel := context.WithTimeout(ctx, 3*time.Second)
+	c, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	st.Etcd = "ok"
 	nodes, err := d.store.Nodes(c)

@@ -150,6 +150,7 @@ func (d *Driver) merge(c *peerChange, k peerdb.Key, e peerdb.Endpoint) {
 	c.put(e)
 }
 
+// samePeer reports whether two records program the same kernel entries.
 func samePeer(a, b peerdb.Endpoint) bool {
 	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
 }
@@ -179,7 +180,9 @@ func (d *Driver) reconcile(n *network) {
 	have, err := d.plane.Peers(n.nid)
 	if err != nil {
 		log.WithError(err).Error("reading programmed peers; writing all")
+		d.metrics.programErrors.Inc()
 		if err := d.plane.AddPeers(n.nid, want); err != nil {
+			d.metrics.programErrors.Inc()
 			log.WithError(err).Error("programming peers")
 		}
 		return
@@ -204,9 +207,11 @@ func (d *Driver) reconcile(n *network) {
 		}
 	}
 	if err := d.plane.DelPeers(n.nid, stale); err != nil {
+		d.metrics.programErrors.Inc()
 		log.WithError(err).Error("removing stale peers")
 	}
 	if err := d.plane.AddPeers(n.nid, missing); err != nil {
+		d.metrics.programErrors.Inc()
 		log.WithError(err).Error("programming peers")
 	}
 	if len(stale)+len(missing) > 0 {
@@ -219,11 +224,18 @@ func (d *Driver) reconcile(n *network) {
 func (d *Driver) program(n *network, del, add []peerdb.Endpoint) {
 	log := d.log.WithField("nid", n.nid)
 	if err := d.plane.DelPeers(n.nid, d.kernelPeers(n, del)); err != nil {
+		d.metrics.programErrors.Inc()
 		log.WithError(err).Error("removing peers")
 	}
 	peers := d.kernelPeers(n, add)
 	if err := d.plane.AddPeers(n.nid, peers); err != nil {
+		d.metrics.programErrors.Inc()
 		log.WithError(err).Error("programming peers")
+	}
+	for _, e := range add {
+		if e.VTEP != d.cfg.Underlay.Addr {
+			d.observeLag(e.Written)
+		}
 	}
 	if len(del)+len(peers) > 0 {
 		log.Debugf("peers: %d removed, %d programmed", len(del), len(peers))

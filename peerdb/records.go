@@ -28,6 +28,8 @@ type Endpoint struct {
 	MAC  string     `json:"mac"`
 	VTEP netip.Addr `json:"vtep"`
 	Node string     `json:"node"`
+	// Written is when the node wrote the record, by its clock.
+	Written time.Time `json:"written,omitzero"`
 	// Revision is the etcd revision that last wrote the record; records
 	// of one endpoint are ordered by it.
 	Revision int64 `json:"-"`

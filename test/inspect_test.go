@@ -2,9 +2,12 @@ package test
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxnet/vxnet/test/lab"
 )
@@ -22,10 +25,33 @@ func vxnetCmd(h *lab.Host, args ...string) (string, int) {
 	return string(out), code
 }
 
+// scrape fetches h's Prometheus metrics from inside its namespace.
+func scrape(t *testing.T, h *lab.Host) string {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: h.NS.Dial}}
+	resp, err := c.Get("http://" + h.Addr + ":9476/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", h.Name, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // vxnet status, peers and check show an operator the state, and check
 // finds every difference between etcd and the kernel.
 func TestStatusPeersAndCheck(t *testing.T) {
-	l := newLab(t, 2)
+	l := newLab(t, 2, "VXNET_METRICS_ADDR=:9476")
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	nid := "insp" + lab.NewID()[:20]
 	opts, err := l.CreateNetwork(nid, nil, net1)
@@ -52,6 +78,16 @@ func TestStatusPeersAndCheck(t *testing.T) {
 	})
 	if out, code := vxnetCmd(h1, "check"); code != 0 || !strings.Contains(out, "ok") {
 		t.Fatalf("vxnet check on a healthy host: exit %d\n%s", code, out)
+	}
+	metrics := scrape(t, h1)
+	for _, want := range []string{
+		`vxnet_peers_programmed{network="` + nid + `"} 2`,
+		"vxnet_etcd_up 1", "vxnet_peer_table_loaded 1", "vxnet_programming_errors_total 0",
+		"vxnet_local_endpoints 1", "vxnet_cluster_endpoints 3", "vxnet_event_lag_seconds_count 2",
+	} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, grepLines(metrics, "vxnet_"))
+		}
 	}
 
 	// Break the kernel state: a stale neighbour, and c2's FDB entry gone.

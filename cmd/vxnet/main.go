@@ -21,6 +21,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/config"
 	"github.com/vxnet/vxnet/driver"
@@ -185,6 +188,9 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 	})
 	go d.Run(ctx)
 	go publishNode(ctx, store, node, log)
+	if s.MetricsAddr != "" {
+		go serveMetrics(ctx, s.MetricsAddr, d, log)
+	}
 	h.SetDriver(d, alloc)
 	log.WithFields(logrus.Fields{
 		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
@@ -211,6 +217,20 @@ func resolveAddrs(s config.Settings) (vxlan.Underlay, netip.Addr, error) {
 		return underlay, netip.Addr{}, fmt.Errorf("control address (VXNET_CONTROL_ADDR): %w", err)
 	}
 	return underlay, c.Addr, nil
+}
+
+// serveMetrics serves Prometheus metrics on addr until ctx ends.
+func serveMetrics(ctx context.Context, addr string, d *driver.Driver, log *logrus.Entry) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(d.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { <-ctx.Done(); srv.Close() }()
+	log.WithField("addr", addr).Info("serving metrics at /metrics")
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.WithError(err).Error("metrics server (VXNET_METRICS_ADDR)")
+	}
 }
 
 // publishNode writes this node's record once etcd answers.

@@ -1,0 +1,85 @@
+package driver
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the driver's Prometheus metrics; Collector exposes them.
+type metrics struct {
+	programErrors prometheus.Counter
+	eventLag      prometheus.Histogram
+}
+
+func newMetrics() metrics {
+	return metrics{
+		programErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vxnet_programming_errors_total",
+			Help: "Kernel programming calls (peer entries, namespaces, interfaces) that failed.",
+		}),
+		eventLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vxnet_event_lag_seconds",
+			Help:    "From an endpoint record's write on its node to its programming here (clocks of both nodes).",
+			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+	}
+}
+
+var (
+	descProgrammed = prometheus.NewDesc("vxnet_peers_programmed", "Remote peers whose entries this host's kernel holds, per network.", []string{"network"}, nil)
+	descLocal      = prometheus.NewDesc("vxnet_local_endpoints", "Endpoints created on this node.", nil, nil)
+	descCluster    = prometheus.NewDesc("vxnet_cluster_endpoints", "Endpoint records in the cluster table.", nil, nil)
+	descEtcdUp     = prometheus.NewDesc("vxnet_etcd_up", "1 if etcd answered a read within 2 s at the scrape.", nil, nil)
+	descSynced     = prometheus.NewDesc("vxnet_peer_table_loaded", "1 once a full endpoint table came from etcd.", nil, nil)
+)
+
+// Collector returns the driver's metrics for a Prometheus registry.
+func (d *Driver) Collector() prometheus.Collector { return (*collector)(d) }
+
+type collector Driver
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced} {
+		ch <- desc
+	}
+	c.metrics.programErrors.Describe(ch)
+	c.metrics.eventLag.Describe(ch)
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	d := (*Driver)(c)
+	if rows, err := d.Peers(""); err == nil {
+		per := map[string]float64{}
+		for _, r := range rows {
+			if r.Programmed == "yes" {
+				per[r.Network]++
+			}
+		}
+		for nid, v := range per {
+			ch <- prometheus.MustNewConstMetric(descProgrammed, prometheus.GaugeValue, v, nid)
+		}
+	}
+	st := d.Status(context.Background())
+	ch <- prometheus.MustNewConstMetric(descLocal, prometheus.GaugeValue, float64(st.Endpoints))
+	ch <- prometheus.MustNewConstMetric(descCluster, prometheus.GaugeValue, float64(st.Peers))
+	ch <- prometheus.MustNewConstMetric(descEtcdUp, prometheus.GaugeValue, b2f(st.Etcd == "ok"))
+	ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(st.Synced))
+	c.metrics.programErrors.Collect(ch)
+	c.metrics.eventLag.Collect(ch)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// observeLag records how long ago a record was written.
+func (d *Driver) observeLag(written time.Time) {
+	if !written.IsZero() {
+		d.metrics.eventLag.Observe(time.Since(written).Seconds())
+	}
+}
