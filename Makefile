@@ -7,7 +7,7 @@ PLUGIN  := build/plugin
 NAME    ?= vxnet
 TAG     ?= latest
 
-.PHONY: all build test test-unit demo bench setup plugin plugin-create clean
+.PHONY: all build test test-unit demo bench scale setup plugin plugin-create clean
 
 all: build
 
@@ -51,3 +51,8 @@ plugin-create: plugin
 
 clean:
 	rm -rf bin build
+
+# The control plane at scale: 50,000 endpoints, 1,000 watching agents, a
+# real plugin's cold sync and memory (results: BENCHMARKS.md).
+scale: build
+	$(GO) run ./test/scale -bin $(BIN)

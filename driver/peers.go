@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime/debug"
 	"time"
 
 	"github.com/vxnet/vxnet/peerdb"
@@ -24,6 +25,10 @@ func (d *Driver) Run(ctx context.Context) {
 			d.apply(u)
 			if u.Reset {
 				d.republish(ctx)
+				// A full table arrives as one large list: hand the memory
+				// it took to decode back to the system now, not whenever
+				// the runtime gets round to it.
+				debug.FreeOSMemory()
 			}
 		}
 	}
