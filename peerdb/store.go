@@ -14,6 +14,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Config says how to reach etcd.
@@ -84,7 +86,7 @@ func Open(cfg Config, log *logrus.Entry) (*Store, error) {
 // connect retries until it has a client or ctx ends.
 func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
 	defer s.wg.Done()
-	backoff := 200 * time.Millisecond
+	wait := 200 * time.Millisecond
 	for {
 		cli, err := clientv3.New(clientv3.Config{
 			Endpoints:   s.cfg.Endpoints,
@@ -92,8 +94,19 @@ func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
 			Username:    s.cfg.Username,
 			Password:    s.cfg.Password,
 			DialTimeout: 5 * time.Second,
-			Context:     ctx,
-			Logger:      zap.NewNop(),
+			// Pings find a connection that died silently (a cut cable
+			// leaves it half-open): without them the watch would hang on it
+			// and the node would miss every change until TCP gave up.
+			DialKeepAliveTime:    3 * time.Second,
+			DialKeepAliveTimeout: 2 * time.Second,
+			Context:              ctx,
+			Logger:               zap.NewNop(),
+			// gRPC's default reconnect backoff grows to two minutes: a node
+			// cut off for 30 s would stay deaf long after the network healed.
+			DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				MinConnectTimeout: 2 * time.Second,
+			})},
 		})
 		if err == nil {
 			s.cli = cli
@@ -109,9 +122,9 @@ func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 

@@ -128,8 +128,8 @@ func NewUnderlay(t T, prefix int) *Underlay {
 }
 
 // Plug connects n to the switch with a link named dev holding addr, with
-// the given MTU (0 keeps the default).
-func (u *Underlay) Plug(t T, n NS, dev, addr string, mtu int) {
+// the given MTU (0 keeps the default). It returns the switch port's name.
+func (u *Underlay) Plug(t T, n NS, dev, addr string, mtu int) string {
 	t.Helper()
 	u.n++
 	port := fmt.Sprintf("p%d", u.n)
@@ -141,6 +141,17 @@ func (u *Underlay) Plug(t T, n NS, dev, addr string, mtu int) {
 	}
 	n.MustIP(t, "addr", "add", fmt.Sprintf("%s/%d", addr, u.prefix), "dev", dev)
 	n.MustIP(t, "link", "set", dev, "up")
+	return port
+}
+
+// SetPort brings a switch port up or down.
+func (u *Underlay) SetPort(t T, port string, up bool) {
+	t.Helper()
+	state := "down"
+	if up {
+		state = "up"
+	}
+	u.sw.MustIP(t, "link", "set", port, state)
 }
 
 // Attach does what libnetwork does with an interface a network driver

@@ -59,6 +59,7 @@ type Host struct {
 	NetnsDir string
 	LogPath  string
 	Env      []string // extra settings, KEY=VALUE
+	port     string   // its port on the underlay switch
 	cmd      *exec.Cmd
 	lab      *Lab
 }
@@ -84,7 +85,7 @@ func New(t nstest.T, dir, bin string, n int) *Lab {
 			LogPath:  filepath.Join(dir, name, "vxnet.log"),
 			lab:      l,
 		}
-		u.Plug(t, h.NS, "eth0", h.Addr, 0)
+		h.port = u.Plug(t, h.NS, "eth0", h.Addr, 0)
 		h.NS.MustIP(t, "route", "add", "default", "via", "192.0.2.1", "dev", "eth0")
 		if err := os.MkdirAll(filepath.Dir(h.Socket), 0o755); err != nil {
 			t.Fatalf("%v", err)
@@ -158,6 +159,13 @@ func (e *Etcd) Start(t nstest.T, dir string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Restart starts etcd again on the data it had, after Stop.
+func (l *Lab) RestartEtcd() {
+	l.t.Helper()
+	l.Etcd.Stop()
+	l.Etcd.Start(l.t, l.dir)
 }
 
 // Stop ends etcd, the process this lab started.
@@ -276,6 +284,10 @@ func (h *Host) unpinAll() {
 		os.Remove(p)
 	}
 }
+
+// Cut takes h off the underlay, as a pulled cable would; Heal plugs it back.
+func (h *Host) Cut()  { h.lab.underlay.SetPort(h.lab.t, h.port, false) }
+func (h *Host) Heal() { h.lab.underlay.SetPort(h.lab.t, h.port, true) }
 
 // NetNSPath is where h pins the namespace of network nid.
 func (h *Host) NetNSPath(nid string) string { return filepath.Join(h.NetnsDir, nid) }
