@@ -37,6 +37,7 @@ type Settings struct {
 	Scope         string
 	NodeTTL       time.Duration
 	MetricsAddr   string
+	SerfPort      int
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates
@@ -109,6 +110,15 @@ var table = []setting{
 				return fmt.Errorf("%q is not a UDP port (1-65535)", v)
 			}
 			s.VXLANPort = p
+			return nil
+		}},
+	{"VXNET_SERF_PORT", "serf-port", "7947", "serf gossip port (TCP and UDP) on the control address; 0 turns gossip off. Not 7946: swarm's",
+		func(s *Settings, v string) error {
+			p, err := strconv.Atoi(v)
+			if err != nil || p < 0 || p > 65535 || p == 7946 {
+				return fmt.Errorf("%q is not a free port (0 turns gossip off; 7946 is swarm's)", v)
+			}
+			s.SerfPort = p
 			return nil
 		}},
 	{"VXNET_VNI_RANGE", "vni-range", DefaultVNIRange, "VNIs allocated to networks, FIRST-LAST",

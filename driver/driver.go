@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/peerdb"
@@ -70,6 +71,14 @@ type Driver struct {
 	synced     chan struct{} // closed once peers holds a full table
 	syncedOnce sync.Once
 
+	// Gossip state (gossip.go), guarded by mu.
+	gossip      Gossiper
+	lastVersion uint64                    // of this node's own changes
+	pending     map[peerdb.Key]*pendingOp // own changes etcd has not taken yet
+	gossipAt    map[peerdb.Key]time.Time  // when a record last came by gossip
+	etcdVersion map[peerdb.Key]uint64     // version of a record as etcd last had it
+	tombs       map[peerdb.Key]tombstone  // deletions, against late older puts
+
 	metrics metrics
 }
 
@@ -107,6 +116,11 @@ func New(cfg Config, plane DataPlane, store PeerStore, log *logrus.Entry) *Drive
 		peers:    map[peerdb.Key]peerdb.Endpoint{},
 		synced:   make(chan struct{}),
 		metrics:  newMetrics(),
+
+		pending:     map[peerdb.Key]*pendingOp{},
+		gossipAt:    map[peerdb.Key]time.Time{},
+		etcdVersion: map[peerdb.Key]uint64{},
+		tombs:       map[peerdb.Key]tombstone{},
 	}
 }
 

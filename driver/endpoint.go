@@ -128,7 +128,18 @@ type JoinResult struct {
 // programs every remote peer already known, in one batch. No gateway is
 // returned, so Docker connects the container to docker_gwbridge too.
 func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) {
-	if err := d.waitSynced(ctx); err != nil {
+	d.mu.Lock()
+	gossip := d.gossip
+	d.mu.Unlock()
+	wait := ctx
+	if gossip != nil {
+		// With gossip, a node that cannot load the table (etcd away since
+		// it started) still joins, and learns peers as they announce.
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(ctx, etcdWait)
+		defer cancel()
+	}
+	if err := d.waitSynced(wait); err != nil && (gossip == nil || ctx.Err() != nil) {
 		return JoinResult{}, err
 	}
 	d.mu.Lock()
@@ -145,9 +156,11 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 		}
 	}
 	rec := d.record(n, ep)
+	rec.Version = d.nextVersion()
 	d.mu.Unlock()
 
-	if err := d.store.PutEndpoint(ctx, rec); err != nil {
+	d.announce(gossip, peerdb.GossipUpdate{Put: &rec, Version: rec.Version})
+	if err := d.writeOwn(ctx, pendingOp{key: rec.Key(), rec: &rec, version: rec.Version}, gossip != nil); err != nil {
 		d.mu.Lock()
 		if n, ep, lerr := d.lookup(nid, eid); lerr == nil && ep.attached {
 			d.detach(n, ep)
@@ -174,9 +187,14 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 			d.detach(n, ep)
 		}
 	}
+	gossip := d.gossip
+	version := d.nextVersion()
 	d.mu.Unlock()
 	log := d.log.WithFields(map[string]any{"nid": nid, "eid": eid})
-	if err := d.store.DeleteEndpoint(ctx, key); err != nil {
+	if known {
+		d.announce(gossip, peerdb.GossipUpdate{Del: &key, Version: version})
+	}
+	if err := d.writeOwn(ctx, pendingOp{key: key, version: version}, gossip != nil && known); err != nil {
 		if !known {
 			log.WithError(err).Warn("withdrawing the record of an unknown endpoint")
 			return nil

@@ -14,16 +14,18 @@ import (
 
 // Status is what `vxnet status` shows of this node.
 type Status struct {
-	Node      string        `json:"node"`
-	VTEP      string        `json:"vtep"`
-	Scope     string        `json:"scope"`
-	Synced    bool          `json:"synced"` // holds a full endpoint table from etcd
-	Networks  int           `json:"networks"`
-	Attached  int           `json:"attached_networks"`
-	Endpoints int           `json:"local_endpoints"`
-	Peers     int           `json:"cluster_endpoints"`
-	Etcd      string        `json:"etcd"` // "ok" or why not
-	Nodes     []peerdb.Node `json:"nodes"`
+	Node      string          `json:"node"`
+	VTEP      string          `json:"vtep"`
+	Scope     string          `json:"scope"`
+	Synced    bool            `json:"synced"` // holds a full endpoint table from etcd
+	Networks  int             `json:"networks"`
+	Attached  int             `json:"attached_networks"`
+	Endpoints int             `json:"local_endpoints"`
+	Peers     int             `json:"cluster_endpoints"`
+	Etcd      string          `json:"etcd"` // "ok" or why not
+	Nodes     []peerdb.Node   `json:"nodes"`
+	Members   []peerdb.Member `json:"serf_members"`
+	Pending   int             `json:"pending_etcd_writes"`
 }
 
 // Status reports this node's state and etcd's health.
@@ -35,6 +37,10 @@ func (d *Driver) Status(ctx context.Context) Status {
 			st.Attached++
 		}
 		st.Endpoints += len(n.endpoints)
+	}
+	st.Pending = len(d.pending)
+	if d.gossip != nil {
+		st.Members = d.gossip.Members()
 	}
 	d.mu.Unlock()
 	select {

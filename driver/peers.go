@@ -12,11 +12,20 @@ import (
 )
 
 // Run applies the cluster's endpoint table to this node's kernel until ctx
-// ends: one loop, fed by the store's watch, takes the driver lock once per
-// update and programs every network the update touches in one batch.
+// ends: one loop, fed by the store's watch and by gossip, takes the driver
+// lock once per update and programs every network the update touches in
+// one batch. It also retries own changes etcd could not take.
 func (d *Driver) Run(ctx context.Context) {
 	updates := make(chan peerdb.Update)
 	go d.store.WatchEndpoints(ctx, updates)
+	d.mu.Lock()
+	var gossip <-chan peerdb.GossipUpdate
+	if d.gossip != nil {
+		gossip = d.gossip.Updates()
+	}
+	d.mu.Unlock()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -30,6 +39,10 @@ func (d *Driver) Run(ctx context.Context) {
 				// the runtime gets round to it.
 				debug.FreeOSMemory()
 			}
+		case u := <-gossip:
+			d.applyGossip(u)
+		case <-tick.C:
+			d.flushPending(ctx)
 		}
 	}
 }
@@ -53,6 +66,7 @@ func (d *Driver) publish(ctx context.Context, all bool) {
 			}
 			r := d.record(n, ep)
 			if cur, ok := d.peers[r.Key()]; all || !ok || !samePeer(cur, r) {
+				r.Version = d.nextVersion()
 				recs = append(recs, r)
 			}
 		}
@@ -91,20 +105,36 @@ type peerChange struct {
 func (c *peerChange) remove(e peerdb.Endpoint) { c.del[e.NID] = append(c.del[e.NID], e) }
 func (c *peerChange) put(e peerdb.Endpoint)    { c.add[e.NID] = append(c.add[e.NID], e) }
 
-// apply merges an update into the table and programs the difference. A
-// reset (the whole table, after a start or a broken watch) reconciles the
-// kernel of every attached network against it instead: whatever changed
-// while vxnet was not watching — removed, moved or missing entries — is
-// put right.
+// apply merges an update from etcd into the table and programs the
+// difference. A reset (the whole table, after a start or a broken watch)
+// reconciles the kernel of every attached network against it instead:
+// whatever changed while vxnet was not watching — removed, moved or
+// missing entries — is put right. Records that came by gossip with a
+// newer version than etcd's survive both (see doc.go in peerdb).
 func (d *Driver) apply(u peerdb.Update) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.syncedOnce.Do(func() { close(d.synced) })
 	if u.Reset {
-		d.peers = make(map[peerdb.Key]peerdb.Endpoint, len(u.Puts))
+		fresh := make(map[peerdb.Key]peerdb.Endpoint, len(u.Puts))
+		d.etcdVersion = make(map[peerdb.Key]uint64, len(u.Puts))
 		for _, e := range u.Puts {
-			d.peers[e.Key()] = e
+			k := e.Key()
+			d.etcdVersion[k] = e.Version
+			if cur, ok := d.peers[k]; ok && cur.Version > e.Version {
+				e = cur
+			}
+			if t, ok := d.tombs[k]; ok && t.version >= e.Version {
+				continue
+			}
+			fresh[k] = e
 		}
+		for k, e := range d.peers {
+			if _, ok := fresh[k]; !ok && d.keepDespiteEtcd(k, e) {
+				fresh[k] = e
+			}
+		}
+		d.peers = fresh
 		for _, n := range d.networks {
 			if n.attached > 0 {
 				d.reconcile(n)
@@ -114,17 +144,26 @@ func (d *Driver) apply(u peerdb.Update) {
 	}
 	c := peerChange{del: map[string][]peerdb.Endpoint{}, add: map[string][]peerdb.Endpoint{}}
 	for _, e := range u.Puts {
+		d.etcdVersion[e.Key()] = e.Version
 		d.merge(&c, e.Key(), e)
 	}
 	for _, k := range u.Deletes {
-		if old, ok := d.peers[k]; ok {
+		old, ok := d.peers[k]
+		delete(d.etcdVersion, k)
+		if ok && !d.keepDespiteEtcd(k, old) {
 			c.remove(old)
 			delete(d.peers, k)
+			delete(d.gossipAt, k)
 		}
 	}
+	d.programChanges(&c)
+}
+
+// programChanges programs c into every attached network it touches,
+// writing again the entries a deleted record shared (same IP or MAC) with
+// one that stays. d.mu must be held.
+func (d *Driver) programChanges(c *peerChange) {
 	for nid := range c.del {
-		// Entries shared with a record that stays (same IP or MAC) are
-		// written again after the delete.
 		for _, e := range d.peers {
 			if e.NID == nid && sharesEntry(e, c.del[nid]) {
 				c.put(e)
@@ -138,11 +177,15 @@ func (d *Driver) apply(u peerdb.Update) {
 	}
 }
 
-// merge takes record e of key k into the table unless it is older than what
-// the table holds.
+// merge takes record e of key k into the table unless the table (or a
+// deletion) holds a newer version, or the same version by a later
+// revision.
 func (d *Driver) merge(c *peerChange, k peerdb.Key, e peerdb.Endpoint) {
+	if t, ok := d.tombs[k]; ok && t.version >= e.Version && e.Version != 0 {
+		return
+	}
 	old, ok := d.peers[k]
-	if ok && old.Revision > e.Revision {
+	if ok && (old.Version > e.Version || old.Version == e.Version && old.Revision > e.Revision) {
 		return
 	}
 	d.peers[k] = e

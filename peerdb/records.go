@@ -30,6 +30,9 @@ type Endpoint struct {
 	Node string     `json:"node"`
 	// Written is when the node wrote the record, by its clock.
 	Written time.Time `json:"written,omitzero"`
+	// Version orders the owner's changes to the record across etcd and
+	// gossip: the owner makes each one larger than the last.
+	Version uint64 `json:"version,omitempty"`
 	// Revision is the etcd revision that last wrote the record; records
 	// of one endpoint are ordered by it.
 	Revision int64 `json:"-"`

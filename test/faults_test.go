@@ -3,6 +3,7 @@ package test
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,8 +76,9 @@ func TestPartitionHeals(t *testing.T) {
 }
 
 // etcd stops for 60 s (VXNET_FAULT_OUTAGE to change): traffic between
-// existing endpoints flows on, untouched; once etcd is back, a new
-// container is reachable and every host matches etcd.
+// existing endpoints flows on, untouched; a container started meanwhile is
+// announced by gossip and reachable at once; once etcd is back its queued
+// record is written and every host matches etcd.
 func TestEtcdOutage(t *testing.T) {
 	outage := 60 * time.Second
 	if d, err := time.ParseDuration(os.Getenv("VXNET_FAULT_OUTAGE")); err == nil {
@@ -93,7 +95,20 @@ func TestEtcdOutage(t *testing.T) {
 	wait := pingFor(t, c1, c2.IP, int((outage + 10*time.Second).Seconds()))
 	time.Sleep(2 * time.Second)
 	l.Etcd.Stop()
-	time.Sleep(outage)
+	stopped := time.Now()
+	// A container started during the outage is announced by gossip: the
+	// others reach it at once.
+	time.Sleep(2 * time.Second)
+	run := time.Now()
+	c3 := must(h3.Run(nid, "198.18.10.4/24"))
+	joined := time.Now()
+	eventually(t, "c3, started while etcd is down, reachable from h1", func() error { return c1.NS.Ping(c3.IP, 1) })
+	t.Logf("c3 started %v into the outage; its Join took %v (etcd given %v before the write is queued); reachable from h1 %v after Join returned",
+		run.Sub(stopped).Round(100*time.Millisecond), joined.Sub(run).Round(10*time.Millisecond), 2*time.Second, time.Since(joined).Round(10*time.Millisecond))
+	if out, _ := vxnetCmd(h1, "status"); !strings.Contains(out, "h3") || strings.Count(out, "alive") != 3 {
+		t.Errorf("serf members on h1 during the outage:\n%s", out)
+	}
+	time.Sleep(outage - time.Since(stopped))
 	l.RestartEtcd()
 	sent, lost := wait()
 	t.Logf("ping c1 -> c2 across a %v etcd outage: %d sent, %d lost", outage, sent, lost)
@@ -101,15 +116,16 @@ func TestEtcdOutage(t *testing.T) {
 		t.Errorf("%d of %d packets lost while etcd was down", lost, sent)
 	}
 	back := time.Now()
-	var c3 *lab.Container
-	eventually(t, "a container starts once etcd is back", func() error {
-		c, err := h3.Run(nid, "198.18.10.4/24")
-		c3 = c
-		return err
+	eventually(t, "c3's record written to etcd once it is back", func() error {
+		if len(l.Etcd.Keys(t, "/vxnet/endpoints/"+nid+"/"+c3.EID)) == 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
 	})
-	if err := c1.NS.Ping(c3.IP, 2); err != nil {
-		t.Errorf("new container after the outage unreachable: %v", err)
-	}
 	eventually(t, "every host matches etcd after the outage", func() error { return converged(l) })
-	t.Logf("new container joined and all hosts converged %v after etcd came back", time.Since(back).Round(100*time.Millisecond))
+	t.Logf("c3's queued record written and all hosts converged %v after etcd came back", time.Since(back).Round(100*time.Millisecond))
+	c4 := must(h2.Run(nid, "198.18.10.5/24"))
+	if err := c3.NS.Ping(c4.IP, 2); err != nil {
+		t.Errorf("a container started after the outage unreachable: %v", err)
+	}
 }

@@ -49,9 +49,14 @@ func inspect(cmd string, args []string) error {
 		}
 		fmt.Fprintf(w, "node\t%s\nvtep\t%s\nscope\t%s\netcd\t%s\npeer table loaded\t%v\n", st.Node, st.VTEP, st.Scope, st.Etcd, st.Synced)
 		fmt.Fprintf(w, "networks\t%d (%d with endpoints here)\nlocal endpoints\t%d\ncluster endpoints\t%d\n", st.Networks, st.Attached, st.Endpoints, st.Peers)
-		fmt.Fprintf(w, "\nNODE\tDATA\tCONTROL\tUP SINCE\n")
+		fmt.Fprintf(w, "changes waiting for etcd\t%d\n", st.Pending)
+		fmt.Fprintf(w, "\nNODE (etcd)\tDATA\tCONTROL\tUP SINCE\n")
 		for _, n := range st.Nodes {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, n.DataAddr, n.ControlAddr, n.Started.Format(time.RFC3339))
+		}
+		fmt.Fprintf(w, "\nMEMBER (serf)\tADDRESS\tSTATE\n")
+		for _, m := range st.Members {
+			fmt.Fprintf(w, "%s\t%s\t%s\n", m.Name, m.Addr, m.Status)
 		}
 	case "peers":
 		var rows []driver.PeerView

@@ -13,11 +13,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -186,6 +188,15 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 		d.Republish(ctx)
 		alloc.Reclaim(ctx)
 	})
+	if s.SerfPort > 0 {
+		g, err := peerdb.StartGossip(s.NodeName, control, s.SerfPort, log.WithField("part", "serf"))
+		if err != nil {
+			return err
+		}
+		d.SetGossip(g)
+		go joinGossip(ctx, g, store, s, log)
+		go func() { <-ctx.Done(); g.Close() }()
+	}
 	go d.Run(ctx)
 	go publishNode(ctx, store, node, log)
 	if s.MetricsAddr != "" {
@@ -230,6 +241,34 @@ func serveMetrics(ctx context.Context, addr string, d *driver.Driver, log *logru
 	log.WithField("addr", addr).Info("serving metrics at /metrics")
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.WithError(err).Error("metrics server (VXNET_METRICS_ADDR)")
+	}
+}
+
+// joinGossip keeps this node's serf member joined to the nodes etcd
+// lists: at start, and whenever serf knows fewer alive members than etcd
+// lists nodes (a partition healed, a node came back).
+func joinGossip(ctx context.Context, g *peerdb.Gossip, store *peerdb.Store, s config.Settings, log *logrus.Entry) {
+	for ctx.Err() == nil {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		nodes, err := store.Nodes(c)
+		cancel()
+		if err == nil && g.Alive() < len(nodes) {
+			var addrs []string
+			for _, n := range nodes {
+				if n.Name != s.NodeName && n.ControlAddr.IsValid() {
+					addrs = append(addrs, net.JoinHostPort(n.ControlAddr.String(), strconv.Itoa(s.SerfPort)))
+				}
+			}
+			if len(addrs) > 0 {
+				if _, err := g.Join(addrs); err != nil {
+					log.WithError(err).Debug("joining serf members")
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(3 * time.Second):
+		}
 	}
 }
 
