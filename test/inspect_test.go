@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -64,11 +65,18 @@ func TestStatusPeersAndCheck(t *testing.T) {
 	must(h2.Run(nid, "198.18.10.4/24"))
 
 	out, code := vxnetCmd(h1, "status")
-	for _, want := range []string{"node               h1", "etcd               ok", "peer table loaded  true", "h2    192.0.2.12"} {
-		if code != 0 || !strings.Contains(out, want) {
+	for _, want := range []string{`node\s+h1\n`, `etcd\s+ok\n`, `peer table loaded\s+true\n`, `h2\s+192.0.2.12\s+192.0.2.12`} {
+		if code != 0 || !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("vxnet status (exit %d) lacks %q:\n%s", code, want, out)
 		}
 	}
+	eventually(t, "both serf members alive", func() error {
+		out, _ := vxnetCmd(h1, "status")
+		if !regexp.MustCompile(`h2\s+192.0.2.12:7947\s+alive`).MatchString(out) {
+			return fmt.Errorf("vxnet status:\n%s", out)
+		}
+		return nil
+	})
 	eventually(t, "peers programmed", func() error {
 		out, _ = vxnetCmd(h1, "peers", nid)
 		if strings.Count(out, " yes") != 2 || !strings.Contains(out, c1.IP) || !strings.Contains(out, "local") {
