@@ -33,6 +33,8 @@ var (
 	descCluster    = prometheus.NewDesc("vxnet_cluster_endpoints", "Endpoint records in the cluster table.", nil, nil)
 	descEtcdUp     = prometheus.NewDesc("vxnet_etcd_up", "1 if etcd answered a read within 2 s at the scrape.", nil, nil)
 	descSynced     = prometheus.NewDesc("vxnet_peer_table_loaded", "1 once a full endpoint table came from etcd.", nil, nil)
+	descMembers    = prometheus.NewDesc("vxnet_serf_members", "serf members this node knows, by state (alive, leaving, left, failed).", []string{"status"}, nil)
+	descPending    = prometheus.NewDesc("vxnet_pending_etcd_writes", "Own endpoint changes gossiped but not yet written to etcd.", nil, nil)
 )
 
 // Collector returns the driver's metrics for a Prometheus registry.
@@ -41,7 +43,7 @@ func (d *Driver) Collector() prometheus.Collector { return (*collector)(d) }
 type collector Driver
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced} {
+	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced, descMembers, descPending} {
 		ch <- desc
 	}
 	c.metrics.programErrors.Describe(ch)
@@ -66,6 +68,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCluster, prometheus.GaugeValue, float64(st.Peers))
 	ch <- prometheus.MustNewConstMetric(descEtcdUp, prometheus.GaugeValue, b2f(st.Etcd == "ok"))
 	ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(st.Synced))
+	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
+	if st.Members != nil {
+		byStatus := map[string]float64{"alive": 0, "failed": 0}
+		for _, m := range st.Members {
+			byStatus[m.Status]++
+		}
+		for status, v := range byStatus {
+			ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, v, status)
+		}
+	}
 	c.metrics.programErrors.Collect(ch)
 	c.metrics.eventLag.Collect(ch)
 }

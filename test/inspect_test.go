@@ -87,8 +87,16 @@ func TestStatusPeersAndCheck(t *testing.T) {
 	if out, code := vxnetCmd(h1, "check"); code != 0 || !strings.Contains(out, "ok") {
 		t.Fatalf("vxnet check on a healthy host: exit %d\n%s", code, out)
 	}
-	metrics := scrape(t, h1)
+	var metrics string
+	eventually(t, "serf health in the metrics", func() error {
+		metrics = scrape(t, h1)
+		if !strings.Contains(metrics, `vxnet_serf_members{status="alive"} 2`+"\n") {
+			return fmt.Errorf("%s", grepLines(metrics, "vxnet_serf"))
+		}
+		return nil
+	})
 	for _, want := range []string{
+		`vxnet_serf_members{status="failed"} 0`, "vxnet_pending_etcd_writes 0",
 		`vxnet_peers_programmed{network="` + nid + `"} 2`,
 		"vxnet_etcd_up 1", "vxnet_peer_table_loaded 1", "vxnet_programming_errors_total 0",
 		"vxnet_local_endpoints 1", "vxnet_cluster_endpoints 3", "vxnet_event_lag_seconds_count 2",
