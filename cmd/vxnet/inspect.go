@@ -1,17 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -97,29 +92,12 @@ func inspect(cmd string, args []string) error {
 }
 
 func callPlugin(socket, route string, req, resp any) error {
-	body, err := json.Marshal(req)
-	if err != nil {
+	if err := plugin.Call(socket, route, req, resp); err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			return fmt.Errorf("ask the plugin (set --socket or VXNET_SOCKET): %w", err)
+		}
 		return err
 	}
-	c := http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
-	r, err := c.Post("http://vxnet/"+route, "application/json", bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("ask the plugin at %s (set --socket or VXNET_SOCKET): %w", socket, err)
-	}
-	defer r.Body.Close()
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		return err
-	}
-	if r.StatusCode != http.StatusOK {
-		var e struct{ Err string }
-		json.Unmarshal(b, &e)
-		return errors.New(strings.TrimSpace(e.Err))
-	}
-	return json.Unmarshal(b, resp)
+	return nil
 }

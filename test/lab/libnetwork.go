@@ -1,55 +1,20 @@
 package lab
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
-	"net/http"
 	"os/exec"
 	"strings"
-	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/vxnet/vxnet/internal/nstest"
+	"github.com/vxnet/vxnet/plugin"
 )
 
 // Call posts a protocol request to the plugin of h, as Docker does, and
 // decodes the answer into resp. An {"Err": ...} answer comes back as an
 // error holding the plugin's words.
 func (h *Host) Call(route string, req, resp any) error {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	c := http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", h.Socket)
-		},
-	}}
-	r, err := c.Post("http://plugin/"+route, "application/vnd.docker.plugins.v1.2+json", bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("%s on %s: %w", route, h.Name, err)
-	}
-	defer r.Body.Close()
-	var raw json.RawMessage
-	if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
-		return fmt.Errorf("%s on %s: decode answer: %w", route, h.Name, err)
-	}
-	var e network.ErrorResponse
-	if json.Unmarshal(raw, &e) == nil && e.Err != "" {
-		return errors.New(e.Err)
-	}
-	if r.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s on %s: status %d: %s", route, h.Name, r.StatusCode, raw)
-	}
-	if resp != nil {
-		return json.Unmarshal(raw, resp)
-	}
-	return nil
+	return plugin.Call(h.Socket, route, req, resp)
 }
 
 // Pool is one subnet of a network and its gateway.
