@@ -44,19 +44,6 @@ func (s *Store) DeleteEndpoint(ctx context.Context, k Key) error {
 	return s.wrap("withdraw endpoint "+k.EID, err)
 }
 
-// Endpoints lists the endpoint records of network nid.
-func (s *Store) Endpoints(ctx context.Context, nid string) ([]Endpoint, error) {
-	cli, err := s.client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := cli.Get(ctx, s.networkEndpointsPrefix(nid), clientv3.WithPrefix())
-	if err != nil {
-		return nil, s.wrap("list endpoints of "+nid, err)
-	}
-	return s.decodeEndpoints(resp.Kvs), nil
-}
-
 // PutNode publishes the record of this node under its lease.
 func (s *Store) PutNode(ctx context.Context, n Node) error {
 	return s.putLeased(ctx, s.nodeKey(n.Name), n, "publish node "+n.Name)

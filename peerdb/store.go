@@ -172,13 +172,3 @@ func (s *Store) Close() error {
 		return nil
 	}
 }
-
-// Healthy reports whether etcd answers a read within ctx.
-func (s *Store) Healthy(ctx context.Context) error {
-	cli, err := s.client(ctx)
-	if err != nil {
-		return err
-	}
-	_, err = cli.Get(ctx, s.prefix+"/health", clientv3.WithCountOnly())
-	return s.wrap("read health key", err)
-}

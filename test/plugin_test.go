@@ -200,6 +200,23 @@ func TestCrossHostTrafficAndPeerLifecycle(t *testing.T) {
 	}
 }
 
+// networkOnEachHost creates a network named prefix+random on the lab,
+// starts one container per host on it (198.18.10.2, .3, …) and checks
+// they all reach each other.
+func networkOnEachHost(t *testing.T, l *lab.Lab, prefix string) (string, []*lab.Container) {
+	t.Helper()
+	nid := prefix + lab.NewID()[:20]
+	if _, err := l.CreateNetwork(nid, nil, net1); err != nil {
+		t.Fatal(err)
+	}
+	var cs []*lab.Container
+	for i, h := range l.Hosts {
+		cs = append(cs, must(h.Run(nid, fmt.Sprintf("198.18.10.%d/24", 2+i))))
+	}
+	pingAll(t, cs)
+	return nid, cs
+}
+
 func must(c *lab.Container, err error) *lab.Container {
 	if err != nil {
 		panic(err)

@@ -40,15 +40,9 @@ func pingFor(t *testing.T, c *lab.Container, ip string, secs int) func() (sent, 
 // Docker's Leave for endpoints joined before it died.
 func TestKillAndRestartPlugin(t *testing.T) {
 	l := newLab(t, 3)
-	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
-	nid := "rst" + lab.NewID()[:20]
-	if _, err := l.CreateNetwork(nid, nil, net1); err != nil {
-		t.Fatal(err)
-	}
-	c1 := must(h1.Run(nid, "198.18.10.2/24"))
-	c2 := must(h2.Run(nid, "198.18.10.3/24"))
-	c3 := must(h3.Run(nid, "198.18.10.4/24"))
-	pingAll(t, []*lab.Container{c1, c2, c3})
+	h2, h3 := l.Hosts[1], l.Hosts[2]
+	nid, cs := networkOnEachHost(t, l, "rst")
+	c1, c2, c3 := cs[0], cs[1], cs[2]
 
 	wait := pingFor(t, c1, c2.IP, 4)
 	h2.Kill()
