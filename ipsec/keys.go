@@ -1,0 +1,145 @@
+package ipsec
+
+import (
+	"crypto/ecdh"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+)
+
+// Algorithm is the AEAD of every SA: AES-256 in GCM as ESP uses it (RFC
+// 4106), with a 128-bit ICV.
+const (
+	Algorithm = "rfc4106(gcm(aes))"
+	keyLen    = 32 + 4 // AES-256 key, then the 4-byte nonce salt
+	ICVBits   = 128
+)
+
+// NodeKey is a host's key pair and the highest epoch it has used, as kept
+// in its key file.
+type NodeKey struct {
+	Private *ecdh.PrivateKey
+	// Epoch is the highest epoch this host has installed inbound SAs for,
+	// in this or an earlier run. Epochs only grow.
+	Epoch uint64
+}
+
+type keyFile struct {
+	Private []byte `json:"private_key"`
+	Epoch   uint64 `json:"epoch"`
+}
+
+// LoadKey reads the key file at path, or creates one with a new key pair
+// if there is none. The file is 0600: the private key never leaves it.
+func LoadKey(path string) (NodeKey, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		priv, err := ecdh.X25519().GenerateKey(rand.Reader)
+		if err != nil {
+			return NodeKey{}, fmt.Errorf("generate node key: %w", err)
+		}
+		k := NodeKey{Private: priv}
+		return k, SaveKey(path, k)
+	}
+	if err != nil {
+		return NodeKey{}, fmt.Errorf("read node key: %w", err)
+	}
+	var f keyFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return NodeKey{}, fmt.Errorf("node key file %s is corrupt (remove it to make a new key pair): %w", path, err)
+	}
+	priv, err := ecdh.X25519().NewPrivateKey(f.Private)
+	if err != nil {
+		return NodeKey{}, fmt.Errorf("node key file %s holds no X25519 key (remove it to make a new key pair): %w", path, err)
+	}
+	return NodeKey{Private: priv, Epoch: f.Epoch}, nil
+}
+
+// SaveKey writes k to path atomically, mode 0600.
+func SaveKey(path string, k NodeKey) error {
+	b, err := json.Marshal(keyFile{Private: k.Private.Bytes(), Epoch: k.Epoch})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("save node key: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("save node key: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("save node key: %w", err)
+	}
+	return nil
+}
+
+// SA is what both ends of one direction need: the SPI and the AEAD key.
+type SA struct {
+	Src, Dst netip.Addr
+	Epoch    uint64
+	SPI      uint32
+	Key      []byte // keyLen bytes
+}
+
+// Derive computes the SA for packets from src to dst in epoch from this
+// host's private key and the other host's public key. Both hosts get the
+// same SA: the sender with (its key, receiver's public key), the receiver
+// with (its key, sender's public key). The derivation is a wire format:
+// hosts running different vxnet versions must agree on it, so it is pinned
+// by a test vector.
+func Derive(priv *ecdh.PrivateKey, peerPublic []byte, src, dst netip.Addr, epoch uint64) (SA, error) {
+	pub, err := ecdh.X25519().NewPublicKey(peerPublic)
+	if err != nil {
+		return SA{}, fmt.Errorf("SA %s->%s: peer public key: %w", src, dst, err)
+	}
+	shared, err := priv.ECDH(pub)
+	if err != nil {
+		return SA{}, fmt.Errorf("SA %s->%s: key agreement: %w", src, dst, err)
+	}
+	info := make([]byte, 0, 64)
+	info = append(info, "vxnet esp v1"...)
+	s, d := src.As16(), dst.As16()
+	info = append(info, s[:]...)
+	info = append(info, d[:]...)
+	info = binary.BigEndian.AppendUint64(info, epoch)
+	out, err := hkdf.Key(sha256.New, shared, nil, string(info), keyLen+4)
+	if err != nil {
+		return SA{}, err
+	}
+	spi := binary.BigEndian.Uint32(out[keyLen:])
+	if spi < 256 { // 1-255 are reserved (RFC 4303)
+		spi += 256
+	}
+	return SA{Src: src, Dst: dst, Epoch: epoch, SPI: spi, Key: out[:keyLen]}, nil
+}
+
+// Overhead of ESP on a VXLAN packet in transport mode, in bytes: the ESP
+// header (SPI, sequence number), the 8-byte IV, the 16-byte ICV, and a
+// trailer of 2 bytes plus padding to a multiple of 4.
+const (
+	espHeader  = 8
+	espIV      = 8
+	espICV     = ICVBits / 8
+	espTrailer = 2
+	ipv4Header = 20
+	vxlanAll   = 50 // outer IPv4, UDP, VXLAN and inner Ethernet headers
+)
+
+// MaxMTU is the largest overlay MTU whose packets, VXLAN-encapsulated and
+// then ESP-protected, fit an underlay MTU of underlay: 1416 for 1500
+// (plain VXLAN: 1450). The protected part — UDP header onwards plus the
+// 2-byte trailer — is padded to 4 bytes, so the result is the largest that
+// needs no padding.
+func MaxMTU(underlay int) int {
+	room := underlay - ipv4Header - espHeader - espIV - espICV // for the padded part
+	room &^= 3
+	return room - espTrailer - (vxlanAll - ipv4Header)
+}

@@ -1,0 +1,124 @@
+package ipsec
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"encoding/hex"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func fixedKey(t *testing.T, seed byte) *ecdh.PrivateKey {
+	t.Helper()
+	k, err := ecdh.X25519().NewPrivateKey(bytes.Repeat([]byte{seed}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+var (
+	addrA = netip.MustParseAddr("192.0.2.11")
+	addrB = netip.MustParseAddr("192.0.2.12")
+)
+
+// Both ends of a direction derive the same SA; the other direction, and
+// other epochs, get other keys and SPIs.
+func TestDeriveAgrees(t *testing.T) {
+	a, b := fixedKey(t, 1), fixedKey(t, 2)
+	sender, err := Derive(a, b.PublicKey().Bytes(), addrA, addrB, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	receiver, err := Derive(b, a.PublicKey().Bytes(), addrA, addrB, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sender.SPI != receiver.SPI || !bytes.Equal(sender.Key, receiver.Key) {
+		t.Fatalf("ends disagree: sender %#x %x, receiver %#x %x", sender.SPI, sender.Key, receiver.SPI, receiver.Key)
+	}
+	if len(sender.Key) != 36 {
+		t.Fatalf("got key of %d bytes; want 36 (AES-256 + salt)", len(sender.Key))
+	}
+	reverse, _ := Derive(a, b.PublicKey().Bytes(), addrB, addrA, 7)
+	next, _ := Derive(a, b.PublicKey().Bytes(), addrA, addrB, 8)
+	for name, other := range map[string]SA{"reverse direction": reverse, "next epoch": next} {
+		if bytes.Equal(other.Key, sender.Key) || other.SPI == sender.SPI {
+			t.Errorf("%s reuses the key or SPI", name)
+		}
+	}
+	c := fixedKey(t, 3)
+	third, _ := Derive(c, b.PublicKey().Bytes(), addrA, addrB, 7)
+	if bytes.Equal(third.Key, sender.Key) {
+		t.Error("a third host derived the pair's key")
+	}
+}
+
+// The derivation is a wire format between hosts that may run different
+// vxnet versions: this vector must never change.
+func TestDeriveVector(t *testing.T) {
+	sa, err := Derive(fixedKey(t, 1), fixedKey(t, 2).PublicKey().Bytes(), addrA, addrB, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := hex.EncodeToString(sa.Key)
+	const wantKey = "e9bae8886289ec99c21a3faff42baeaa7b27943d952f961ca604effdb087450f75f5949f"
+	const wantSPI = 0xb7014679
+	if got != wantKey || sa.SPI != wantSPI {
+		t.Fatalf("got key %s spi %#x; want %s spi %#x", got, sa.SPI, wantKey, uint32(wantSPI))
+	}
+}
+
+func TestDeriveRejectsBadPublicKey(t *testing.T) {
+	if _, err := Derive(fixedKey(t, 1), []byte("short"), addrA, addrB, 1); err == nil {
+		t.Fatal("got no error for a 5-byte public key")
+	}
+	if _, err := Derive(fixedKey(t, 1), make([]byte, 32), addrA, addrB, 1); err == nil {
+		t.Fatal("got no error for the all-zero (low-order) public key")
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state", "ipsec.key")
+	k, err := LoadKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("got mode %v; want 0600", st.Mode().Perm())
+	}
+	k.Epoch = 42
+	if err := SaveKey(path, k); err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Private.Equal(k.Private) || again.Epoch != 42 {
+		t.Fatalf("reloaded key differs (epoch %d)", again.Epoch)
+	}
+	os.WriteFile(path, []byte("{"), 0o600)
+	if _, err := LoadKey(path); err == nil {
+		t.Fatal("got no error for a corrupt key file")
+	}
+}
+
+func TestMaxMTU(t *testing.T) {
+	for _, c := range []struct{ underlay, want int }{{1500, 1416}, {9000, 8916}, {1450, 1364}, {1501, 1416}, {1503, 1416}, {1504, 1420}} {
+		if got := MaxMTU(c.underlay); got != c.want {
+			t.Errorf("MaxMTU(%d) = %d; want %d", c.underlay, got, c.want)
+		}
+		// The largest packet fits, one more byte does not.
+		size := func(l int) int { return 20 + 8 + 8 + 16 + ((30+l+2+3)&^3) }
+		if got := MaxMTU(c.underlay); size(got) > c.underlay || size(got+1) <= c.underlay {
+			t.Errorf("MaxMTU(%d) = %d: encrypted size %d, one byte more %d", c.underlay, got, size(got), size(got+1))
+		}
+	}
+}
