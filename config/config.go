@@ -38,6 +38,7 @@ type Settings struct {
 	NodeTTL       time.Duration
 	MetricsAddr   string
 	SerfPort      int
+	KeyRotation   time.Duration
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates
@@ -134,6 +135,15 @@ var table = []setting{
 				return fmt.Errorf("%q is not a whole number of seconds, at least 2s", v)
 			}
 			s.NodeTTL = d
+			return nil
+		}},
+	{"VXNET_KEY_ROTATION", "key-rotation", "12h", "how long the IPsec keys of encrypted networks last before a new epoch starts (e.g. 12h; at least 1s)",
+		func(s *Settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second {
+				return fmt.Errorf("%q is not a duration of at least 1s, such as 12h", v)
+			}
+			s.KeyRotation = d
 			return nil
 		}},
 	{"VXNET_REQUEST_TIMEOUT", "request-timeout", "20s", "deadline of each Docker request; keep it below Docker's 30 s",

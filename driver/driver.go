@@ -52,6 +52,8 @@ type Config struct {
 	StateFile string
 	// Scope is "global" (swarm) or "local" (standalone hosts).
 	Scope string
+	// Encryption carries encrypted networks; nil refuses them.
+	Encryption *Encryption
 }
 
 // Driver is the network driver of one node.
@@ -91,6 +93,7 @@ type network struct {
 	cid       string
 	subnets   []vxlan.Subnet
 	mtu       int // overlay MTU
+	encrypted bool
 	endpoints map[string]*endpoint
 	attached  int // endpoints with an interface; the namespace exists while > 0
 }
@@ -132,6 +135,15 @@ func (n *network) subnetOf(ip netip.Addr) (vxlan.Subnet, bool) {
 		}
 	}
 	return vxlan.Subnet{}, false
+}
+
+// vnis lists the VNIs of n's subnets.
+func (n *network) vnis() []uint32 {
+	out := make([]uint32, len(n.subnets))
+	for i, s := range n.subnets {
+		out[i] = s.VNI
+	}
+	return out
 }
 
 func (n *network) spec() vxlan.Network {

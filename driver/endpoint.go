@@ -224,14 +224,24 @@ func (d *Driver) lookup(nid, eid string) (*network, *endpoint, error) {
 func (d *Driver) attach(n *network, ep *endpoint) error {
 	first := n.attached == 0
 	if first {
+		// An encrypted network's VNIs are protected before its VXLAN
+		// devices exist: no packet of it ever passes in plaintext.
+		if n.encrypted {
+			if err := d.checkEncryption(options{encrypted: true}); err != nil {
+				return err
+			}
+			if err := d.cfg.Encryption.attach(n.vnis()); err != nil {
+				return fmt.Errorf("encrypt network %s on this host: %w", n.nid, err)
+			}
+		}
 		if err := d.plane.EnsureNetwork(n.spec()); err != nil {
-			return fmt.Errorf("create network %s on this host: %w", n.nid, err)
+			return errors.Join(fmt.Errorf("create network %s on this host: %w", n.nid, err), d.unprotect(n))
 		}
 		d.reconcile(n)
 	}
 	if err := d.plane.AddEndpoint(n.nid, ep.vni, ep.ifName, ep.mac, n.mtu); err != nil {
 		if first {
-			err = errors.Join(err, d.plane.RemoveNetwork(n.nid))
+			err = errors.Join(err, d.plane.RemoveNetwork(n.nid), d.unprotect(n))
 		}
 		return fmt.Errorf("create interface of endpoint %s: %w", ep.eid, err)
 	}
@@ -257,7 +267,20 @@ func (d *Driver) detach(n *network, ep *endpoint) {
 	}
 	if err := d.plane.RemoveNetwork(n.nid); err != nil {
 		log.WithError(err).Error("removing network namespace after its last endpoint left")
+		return // its devices may still exist: keep their VNIs protected
 	}
+	if err := d.unprotect(n); err != nil {
+		log.WithError(err).Error("unprotecting the VNIs of a network that left this host")
+	}
+}
+
+// unprotect ends the encryption of an encrypted network whose devices are
+// gone from this host. d.mu must be held.
+func (d *Driver) unprotect(n *network) error {
+	if !n.encrypted {
+		return nil
+	}
+	return d.cfg.Encryption.detach(n.vnis())
 }
 
 func (d *Driver) record(n *network, ep *endpoint) peerdb.Endpoint {

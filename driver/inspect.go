@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"strconv"
@@ -26,6 +27,8 @@ type Status struct {
 	Nodes     []peerdb.Node   `json:"nodes"`
 	Members   []peerdb.Member `json:"serf_members"`
 	Pending   int             `json:"pending_etcd_writes"`
+	// Encryption is nil where encryption is off.
+	Encryption *EncryptionStatus `json:"encryption,omitempty"`
 }
 
 // Status reports this node's state and etcd's health.
@@ -39,6 +42,10 @@ func (d *Driver) Status(ctx context.Context) Status {
 		st.Endpoints += len(n.endpoints)
 	}
 	st.Pending = len(d.pending)
+	if d.cfg.Encryption != nil {
+		es := d.cfg.Encryption.Status()
+		st.Encryption = &es
+	}
 	if d.gossip != nil {
 		st.Members = d.gossip.Members()
 	}
@@ -177,4 +184,13 @@ func describe(p vxlan.Peer) string {
 		vtep = "(no fdb entry)"
 	}
 	return "vni " + strconv.FormatUint(uint64(p.VNI), 10) + " " + ip + " " + net.HardwareAddr(p.MAC).String() + " via " + vtep
+}
+
+// Rotate starts a new key epoch for encrypted networks now; every node
+// follows it without losing a packet.
+func (d *Driver) Rotate(ctx context.Context) (uint64, error) {
+	if d.cfg.Encryption == nil {
+		return 0, errors.New("encryption is off on this host")
+	}
+	return d.cfg.Encryption.Rotate(ctx)
 }

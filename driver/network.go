@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/vxlan"
 )
@@ -40,6 +41,9 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	}
 	if o.vnis != nil && len(o.vnis) != len(pools) {
 		return nil, invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
+	}
+	if err := d.checkEncryption(o); err != nil {
+		return nil, err
 	}
 	rec, err := d.store.AllocateNetwork(ctx, peerdb.Network{NID: req.NID, Subnets: pools, Options: req.Options}, o.vnis, d.cfg.VNIRange)
 	if err != nil {
@@ -97,6 +101,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 	if o.vnis != nil && len(o.vnis) != len(pools) {
 		return invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
 	}
+	if err := d.checkEncryption(o); err != nil {
+		return err
+	}
 	cid := req.NID
 	if d.cfg.Scope == "local" {
 		if o.name == "" {
@@ -135,7 +142,13 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 		d.log.WithField("nid", req.NID).Warnf("network MTU option %d exceeds the MTU %d of data interface %s: the kernel will fragment VXLAN packets",
 			underlay, d.cfg.Underlay.MTU, d.cfg.Underlay.Name)
 	}
-	n := &network{nid: req.NID, cid: cid, mtu: underlay - vxlan.Overhead, endpoints: map[string]*endpoint{}}
+	n := &network{nid: req.NID, cid: cid, mtu: underlay - vxlan.Overhead, encrypted: o.encrypted, endpoints: map[string]*endpoint{}}
+	if o.encrypted {
+		n.mtu = ipsec.MaxMTU(underlay)
+	}
+	if n.mtu < 68 {
+		return invalid("option %s=%d leaves an overlay MTU of %d, below IPv4's 68: give a larger one", OptMTU, underlay, n.mtu)
+	}
 	for i, p := range pools {
 		n.subnets = append(n.subnets, vxlan.Subnet{VNI: o.vnis[i], Prefix: p, Gateway: gws[i]})
 	}
@@ -178,11 +191,29 @@ func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
 	if err := d.plane.RemoveNetwork(nid); err != nil {
 		return fmt.Errorf("remove namespace of network %s: %w", nid, err)
 	}
+	if n.attached > 0 && n.encrypted {
+		if err := d.cfg.Encryption.detach(n.vnis()); err != nil {
+			d.log.WithField("nid", nid).WithError(err).Error("unprotecting the VNIs of a deleted network")
+		}
+	}
 	n.attached = 0
 	delete(d.networks, nid)
 	d.save()
 	d.log.WithField("nid", nid).Info("network deleted on this node")
 	return nil
+}
+
+// checkEncryption refuses an encrypted network on a host that cannot
+// carry one, naming what is missing, so no network is made that would
+// black-hole or leak.
+func (d *Driver) checkEncryption(o options) error {
+	if !o.encrypted {
+		return nil
+	}
+	if d.cfg.Encryption == nil {
+		return errors.New("encrypted networks are off on this host: it has no IPsec support configured")
+	}
+	return d.cfg.Encryption.Check()
 }
 
 func joinVNIs(vnis []uint32) string {

@@ -30,7 +30,7 @@ const (
 var accepted = map[string]string{
 	OptVNIs:      OptVNIs + "=VNI[,VNI...] (one per subnet, 1-16777215)",
 	OptMTU:       OptMTU + "=BYTES (underlay MTU, " + strconv.Itoa(minUnderlayMTU) + "-65535)",
-	OptEncrypted: OptEncrypted + " (not supported yet)",
+	OptEncrypted: OptEncrypted + " (IPsec ESP with AES-GCM between hosts)",
 	OptName:      OptName + "=NAME (without swarm: the same on every host)",
 }
 
@@ -46,15 +46,15 @@ func invalid(format string, args ...any) error {
 
 // options are the parsed network options.
 type options struct {
-	raw  map[string]string
-	vnis []uint32 // nil: allocate
-	mtu  int      // underlay MTU; 0: the data interface's
-	name string   // OptName, standalone networks only
+	raw       map[string]string
+	vnis      []uint32 // nil: allocate
+	mtu       int      // underlay MTU; 0: the data interface's
+	name      string   // OptName, standalone networks only
+	encrypted bool
 }
 
 // parseOptions validates the user's options. Unknown options are refused,
-// naming the accepted ones; so is encryption until it is implemented,
-// because a network the user asked to encrypt must never carry plaintext.
+// naming the accepted ones.
 func parseOptions(raw map[string]string) (options, error) {
 	o := options{raw: raw}
 	var unknown []string
@@ -67,8 +67,14 @@ func parseOptions(raw map[string]string) (options, error) {
 		slices.Sort(unknown)
 		return o, invalid("unknown option %s; vxnet accepts: %s", strings.Join(unknown, ", "), acceptedList())
 	}
-	if _, ok := raw[OptEncrypted]; ok {
-		return o, invalid("option %q is not supported yet by this vxnet version: refusing to create a network that would carry plaintext; create it without -o encrypted", OptEncrypted)
+	if v, ok := raw[OptEncrypted]; ok {
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "", "true", "1", "yes":
+			o.encrypted = true
+		case "false", "0", "no":
+		default:
+			return o, invalid("option %s=%q: give it without a value (--opt encrypted) or as true/false", OptEncrypted, v)
+		}
 	}
 	if v, ok := raw[OptMTU]; ok {
 		mtu, err := strconv.Atoi(strings.TrimSpace(v))

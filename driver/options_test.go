@@ -23,7 +23,7 @@ func TestParseOptions(t *testing.T) {
 		{raw: map[string]string{OptVNIs: "16777216"}, wantErr: "is not a VNI"},
 		{raw: map[string]string{OptVNIs: "5,5"}, wantErr: "given twice"},
 		{raw: map[string]string{"foo": "bar", "a": ""}, wantErr: "unknown option a, foo; vxnet accepts: " + OptMTU},
-		{raw: map[string]string{OptEncrypted: ""}, wantErr: "not supported yet"},
+		{raw: map[string]string{OptEncrypted: "maybe"}, wantErr: "give it without a value (--opt encrypted) or as true/false"},
 	} {
 		o, err := parseOptions(tc.raw)
 		if tc.wantErr != "" {

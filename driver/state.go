@@ -26,6 +26,7 @@ type savedNetwork struct {
 	NID       string          `json:"nid"`
 	CID       string          `json:"cid,omitempty"`
 	MTU       int             `json:"mtu"`
+	Encrypted bool            `json:"encrypted,omitempty"`
 	Subnets   []vxlan.Subnet  `json:"subnets"`
 	Endpoints []savedEndpoint `json:"endpoints"`
 }
@@ -48,7 +49,7 @@ func (d *Driver) save() {
 	}
 	var st savedState
 	for _, n := range d.networks {
-		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Subnets: n.subnets}
+		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Encrypted: n.encrypted, Subnets: n.subnets}
 		for _, ep := range n.endpoints {
 			sn.Endpoints = append(sn.Endpoints, savedEndpoint{
 				EID: ep.eid, Addr: ep.addr, MAC: ep.mac.String(), VNI: ep.vni, IfName: ep.ifName, Attached: ep.attached,
@@ -102,7 +103,7 @@ func (d *Driver) Restore() error {
 		st = savedState{}
 	}
 	for _, sn := range st.Networks {
-		n := &network{nid: sn.NID, cid: sn.CID, mtu: sn.MTU, subnets: sn.Subnets, endpoints: map[string]*endpoint{}}
+		n := &network{nid: sn.NID, cid: sn.CID, mtu: sn.MTU, encrypted: sn.Encrypted, subnets: sn.Subnets, endpoints: map[string]*endpoint{}}
 		if n.cid == "" {
 			n.cid = n.nid
 		}
@@ -119,6 +120,14 @@ func (d *Driver) Restore() error {
 			n.endpoints[ep.eid] = ep
 		}
 		d.networks[n.nid] = n
+		if n.encrypted && n.attached > 0 {
+			if d.cfg.Encryption == nil {
+				return fmt.Errorf("node state holds encrypted network %s, but encryption is off", n.nid)
+			}
+			if err := d.cfg.Encryption.restore(n.vnis()); err != nil {
+				return err
+			}
+		}
 	}
 	pinned, err := d.plane.Networks()
 	if err != nil {

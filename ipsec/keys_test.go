@@ -116,7 +116,7 @@ func TestMaxMTU(t *testing.T) {
 			t.Errorf("MaxMTU(%d) = %d; want %d", c.underlay, got, c.want)
 		}
 		// The largest packet fits, one more byte does not.
-		size := func(l int) int { return 20 + 8 + 8 + 16 + ((30+l+2+3)&^3) }
+		size := func(l int) int { return 20 + 8 + 8 + 16 + ((30 + l + 2 + 3) &^ 3) }
 		if got := MaxMTU(c.underlay); size(got) > c.underlay || size(got+1) <= c.underlay {
 			t.Errorf("MaxMTU(%d) = %d: encrypted size %d, one byte more %d", c.underlay, got, size(got), size(got+1))
 		}

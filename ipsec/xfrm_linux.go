@@ -218,3 +218,21 @@ func Probe() error {
 	}()
 	return <-errc
 }
+
+// Host is the IPsec of one host: its SAs and policies, and its firewall.
+type Host struct {
+	*Kernel
+	Firewall
+}
+
+// Probe reports whether the kernel can install vxnet's SAs (see Probe) and
+// hold its firewall.
+func (h Host) Probe() error {
+	if err := Probe(); err != nil {
+		return err
+	}
+	if err := h.Firewall.Ensure(); err != nil {
+		return fmt.Errorf("encrypted networks need nftables (CONFIG_NF_TABLES, module nf_tables): %w", err)
+	}
+	return nil
+}

@@ -65,13 +65,37 @@ type Update struct {
 // table again. Sends block until the receiver takes the update. It returns
 // when ctx ends.
 func (s *Store) WatchEndpoints(ctx context.Context, out chan<- Update) {
+	s.watchPrefix(ctx, s.endpointsPrefix(), "endpoint", func(kvs []*mvccpb.KeyValue, rev int64) bool {
+		return send(ctx, out, Update{Reset: true, Puts: s.decodeEndpoints(kvs), Revision: rev})
+	}, func(evs []*clientv3.Event, rev int64) bool {
+		u := Update{Revision: rev}
+		for _, ev := range evs {
+			switch ev.Type {
+			case clientv3.EventTypePut:
+				u.Puts = append(u.Puts, s.decodeEndpoints([]*mvccpb.KeyValue{ev.Kv})...)
+			case clientv3.EventTypeDelete:
+				if k, ok := s.parseEndpointKey(string(ev.Kv.Key)); ok {
+					u.Deletes = append(u.Deletes, k)
+				}
+			}
+		}
+		return len(u.Puts)+len(u.Deletes) == 0 || send(ctx, out, u)
+	})
+}
+
+// watchPrefix hands the keys under prefix to list, then the events of each
+// watch response to changes, re-listing whenever the watch fails (lost
+// leader, compaction), until ctx ends. A callback returns false when ctx
+// ended while it delivered.
+func (s *Store) watchPrefix(ctx context.Context, prefix, what string,
+	list func([]*mvccpb.KeyValue, int64) bool, changes func([]*clientv3.Event, int64) bool) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
-		err := s.watchOnce(ctx, out)
+		err := s.watchOnce(ctx, prefix, what, list, changes)
 		if ctx.Err() != nil {
 			return
 		}
-		s.log.WithError(err).Warn("endpoint watch ended; listing again")
+		s.log.WithError(err).Warnf("%s watch ended; listing again", what)
 		select {
 		case <-ctx.Done():
 			return
@@ -81,44 +105,36 @@ func (s *Store) WatchEndpoints(ctx context.Context, out chan<- Update) {
 	}
 }
 
-func (s *Store) watchOnce(ctx context.Context, out chan<- Update) error {
+func (s *Store) watchOnce(ctx context.Context, prefix, what string,
+	list func([]*mvccpb.KeyValue, int64) bool, changes func([]*clientv3.Event, int64) bool) error {
 	cli, err := s.client(ctx)
 	if err != nil {
 		return err
 	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	resp, err := cli.Get(lctx, s.endpointsPrefix(), clientv3.WithPrefix())
+	resp, err := cli.Get(lctx, prefix, clientv3.WithPrefix())
 	cancel()
 	if err != nil {
-		return s.wrap("list endpoints", err)
+		return s.wrap("list "+what+"s", err)
 	}
 	rev := resp.Header.Revision
-	if !send(ctx, out, Update{Reset: true, Puts: s.decodeEndpoints(resp.Kvs), Revision: rev}) {
+	if !list(resp.Kvs, rev) {
 		return ctx.Err()
 	}
 	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer stop()
-	for wr := range cli.Watch(wctx, s.endpointsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watch endpoints from revision %d: %w", rev+1, err)
+			return fmt.Errorf("watch %ss from revision %d: %w", what, rev+1, err)
 		}
-		u := Update{Revision: wr.Header.Revision}
-		for _, ev := range wr.Events {
-			switch ev.Type {
-			case clientv3.EventTypePut:
-				u.Puts = append(u.Puts, s.decodeEndpoints([]*mvccpb.KeyValue{ev.Kv})...)
-			case clientv3.EventTypeDelete:
-				if k, ok := s.parseEndpointKey(string(ev.Kv.Key)); ok {
-					u.Deletes = append(u.Deletes, k)
-				}
-			}
-			rev = ev.Kv.ModRevision
+		if len(wr.Events) > 0 {
+			rev = wr.Events[len(wr.Events)-1].Kv.ModRevision
 		}
-		if len(u.Puts)+len(u.Deletes) > 0 && !send(ctx, out, u) {
+		if !changes(wr.Events, wr.Header.Revision) {
 			return ctx.Err()
 		}
 	}
-	return fmt.Errorf("watch endpoints from revision %d: channel closed", rev+1)
+	return fmt.Errorf("watch %ss from revision %d: channel closed", what, rev+1)
 }
 
 func send(ctx context.Context, out chan<- Update, u Update) bool {

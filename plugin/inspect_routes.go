@@ -4,13 +4,18 @@ import (
 	"context"
 )
 
-// Paths of vxnet's own read-only requests, served on the plugin socket
-// beside Docker's, for `vxnet status`, `vxnet peers` and `vxnet check`.
+// Paths of vxnet's own requests, served on the plugin socket beside
+// Docker's, for `vxnet status`, `vxnet peers`, `vxnet check` and `vxnet
+// rotate`.
 const (
 	StatusPath = "vxnet.Status"
 	PeersPath  = "vxnet.Peers"
 	CheckPath  = "vxnet.Check"
+	RotatePath = "vxnet.Rotate"
 )
+
+// RotateResponse names the key epoch a rotation started.
+type RotateResponse struct{ Epoch uint64 }
 
 // PeersRequest selects one network (its local ID) or, empty, all.
 type PeersRequest struct{ Network string }
@@ -24,5 +29,9 @@ func (h *Handler) inspectRoutes() {
 	})
 	handle(h, CheckPath, func(_ context.Context, d Driver, _ *none) (any, error) {
 		return d.Check()
+	})
+	handle(h, RotatePath, func(ctx context.Context, d Driver, _ *none) (any, error) {
+		epoch, err := d.Rotate(ctx)
+		return RotateResponse{Epoch: epoch}, err
 	})
 }

@@ -46,6 +46,7 @@ type Driver interface {
 	Status(ctx context.Context) driver.Status
 	Peers(nid string) ([]driver.PeerView, error)
 	Check() ([]driver.Problem, error)
+	Rotate(ctx context.Context) (uint64, error)
 }
 
 // contentType is what Docker's plugin client sends and expects.

@@ -70,6 +70,7 @@ func (r *recorder) ReleaseAddress(_ context.Context, id, addr string) error {
 func (r *recorder) Status(context.Context) driver.Status    { return driver.Status{Node: "h1"} }
 func (r *recorder) Peers(string) ([]driver.PeerView, error) { return nil, r.err }
 func (r *recorder) Check() ([]driver.Problem, error)        { return nil, r.err }
+func (r *recorder) Rotate(context.Context) (uint64, error)  { return 0, r.err }
 
 func post(t *testing.T, h http.Handler, route string, body []byte) (int, map[string]any) {
 	t.Helper()

@@ -30,7 +30,7 @@ func TestBadNetworkOptionsLeaveNothing(t *testing.T) {
 		{map[string]string{optVNIs: "99999999"}, []lab.Pool{net1}, "is not a VNI; want VNI[,VNI...] with each 1-16777215"},
 		{map[string]string{optVNIs: "4242"}, []lab.Pool{net1}, "VNI 4242 is in use by network taken"},
 		{map[string]string{"foo": "bar"}, []lab.Pool{net1}, "unknown option foo; vxnet accepts:"},
-		{map[string]string{"encrypted": ""}, []lab.Pool{net1}, "not supported yet"},
+		{map[string]string{"encrypted": "maybe"}, []lab.Pool{net1}, "give it without a value (--opt encrypted) or as true/false"},
 		{map[string]string{optVNIs: "5000"}, []lab.Pool{net1, {Subnet: "198.18.11.0/24", Gateway: "198.18.11.1"}}, "one VNI per subnet"},
 	} {
 		nid := "bad" + lab.NewID()[:10]

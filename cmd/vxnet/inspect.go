@@ -45,6 +45,9 @@ func inspect(cmd string, args []string) error {
 		fmt.Fprintf(w, "node\t%s\nvtep\t%s\nscope\t%s\netcd\t%s\npeer table loaded\t%v\n", st.Node, st.VTEP, st.Scope, st.Etcd, st.Synced)
 		fmt.Fprintf(w, "networks\t%d (%d with endpoints here)\nlocal endpoints\t%d\ncluster endpoints\t%d\n", st.Networks, st.Attached, st.Endpoints, st.Peers)
 		fmt.Fprintf(w, "changes waiting for etcd\t%d\n", st.Pending)
+		if e := st.Encryption; e != nil {
+			fmt.Fprintf(w, "key epoch\t%d (%d encrypted networks here, keys of %d nodes, SAs %d in / %d out)\n", e.Epoch, e.Active, e.Peers, e.Inbound, e.Outbound)
+		}
 		fmt.Fprintf(w, "\nNODE (etcd)\tDATA\tCONTROL\tUP SINCE\n")
 		for _, n := range st.Nodes {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, n.DataAddr, n.ControlAddr, n.Started.Format(time.RFC3339))
@@ -69,6 +72,12 @@ func inspect(cmd string, args []string) error {
 			}
 			fmt.Fprintf(w, "%.12s\t%.12s\t%s\t%s\t%s\t%s\t%s\n", r.Network, r.EID, r.IP, r.MAC, r.VTEP, r.Node, prog)
 		}
+	case "rotate":
+		var r plugin.RotateResponse
+		if err := call(plugin.RotatePath, nil, &r); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "key epoch %d started; every node follows it\n", r.Epoch)
 	case "check":
 		var problems []driver.Problem
 		if err := call(plugin.CheckPath, nil, &problems); err != nil {

@@ -5,6 +5,7 @@
 //	vxnet status           this node, etcd's health, the nodes alive
 //	vxnet peers [NETWORK]  the cluster's endpoints and whether they are programmed here
 //	vxnet check            kernel vs etcd on this host; exit 1 on any difference
+//	vxnet rotate           start a new key epoch for encrypted networks now
 //	vxnet settings         list every setting (environment and flags)
 //	vxnet version
 package main
@@ -30,6 +31,7 @@ import (
 	"github.com/vxnet/vxnet/config"
 	"github.com/vxnet/vxnet/driver"
 	"github.com/vxnet/vxnet/ipam"
+	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/plugin"
 	"github.com/vxnet/vxnet/vxlan"
@@ -44,6 +46,7 @@ const usage = `usage: vxnet COMMAND
   status     this node, etcd's health and the nodes alive
   peers      the cluster's endpoints [of one network] and whether this host programmed them
   check      compare this host's kernel with etcd; exit 1 listing every missing or stale entry
+  rotate     start a new IPsec key epoch now (every node follows, no packet lost)
   settings   list every setting, its environment variable, flag and default
   version    print the version
 
@@ -61,7 +64,7 @@ func main() {
 	switch os.Args[1] {
 	case "plugin":
 		err = runPlugin(os.Args[2:])
-	case "status", "peers", "check":
+	case "status", "peers", "check", "rotate":
 		err = inspect(os.Args[1], os.Args[2:])
 		if errors.Is(err, errProblems) {
 			os.Exit(1)
@@ -173,9 +176,14 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 	if err != nil {
 		return err
 	}
+	enc, err := startEncryption(s, underlay.Addr, store, log.WithField("part", "ipsec"))
+	if err != nil {
+		return err
+	}
 	d := driver.New(driver.Config{
 		Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange,
 		StateFile: filepath.Join(s.StateDir, "state.json"), Scope: s.Scope,
+		Encryption: enc,
 	}, plane, store, log.WithField("part", "driver"))
 	if err := d.Restore(); err != nil {
 		return err
@@ -185,6 +193,7 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 	// Whatever lived under a lapsed lease is written again under the new one.
 	store.OnNewLease(func() {
 		publishNode(ctx, store, node, log)
+		enc.Republish()
 		d.Republish(ctx)
 		alloc.Reclaim(ctx)
 	})
@@ -198,6 +207,7 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 		go func() { <-ctx.Done(); g.Close() }()
 	}
 	go d.Run(ctx)
+	go enc.Run(ctx)
 	go publishNode(ctx, store, node, log)
 	if s.MetricsAddr != "" {
 		go serveMetrics(ctx, s.MetricsAddr, d, log)
@@ -213,6 +223,24 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 		plane.Close()
 	}()
 	return nil
+}
+
+// startEncryption loads the node key and takes over the IPsec state left
+// in the kernel. The firewall table is made now, so its rules are in place
+// (and rewritten if a previous version left others) before any network.
+func startEncryption(s config.Settings, local netip.Addr, store *peerdb.Store, log *logrus.Entry) (*driver.Encryption, error) {
+	fw := ipsec.Firewall{Port: uint16(s.VXLANPort)}
+	if err := fw.Ensure(); err != nil {
+		log.WithError(err).Error("no firewall for encrypted networks: they will be refused on this host")
+	}
+	kern, err := ipsec.NewKernel(local, s.VXLANPort)
+	if err != nil {
+		return nil, err
+	}
+	return driver.NewEncryption(driver.EncryptionConfig{
+		Node: s.NodeName, Local: local, KeyFile: filepath.Join(s.StateDir, "ipsec.key"),
+		Rotate: s.KeyRotation, Grace: max(min(s.KeyRotation/2, 30*time.Second), 2*time.Second),
+	}, ipsec.Host{Kernel: kern, Firewall: fw}, store, log)
 }
 
 func resolveAddrs(s config.Settings) (vxlan.Underlay, netip.Addr, error) {

@@ -192,14 +192,14 @@ func (e *Etcd) Keys(t nstest.T, prefix string) []string {
 	return out
 }
 
-// State lists vxnet's etcd keys but the node records, which nodes write
-// at start, whenever etcd answers: what networks, endpoints and addresses
-// exist.
+// State lists vxnet's etcd keys but the node and key records, which nodes
+// write at start, whenever etcd answers: what networks, endpoints and
+// addresses exist.
 func (e *Etcd) State(t nstest.T) []string {
 	t.Helper()
 	var out []string
 	for _, k := range e.Keys(t, "/vxnet/") {
-		if !strings.HasPrefix(k, "/vxnet/nodes/") {
+		if !strings.HasPrefix(k, "/vxnet/nodes/") && !strings.HasPrefix(k, "/vxnet/keys/") {
 			out = append(out, k)
 		}
 	}
