@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -189,7 +190,7 @@ func (e *Encryption) Run(ctx context.Context) {
 	go e.store.WatchKeyRecords(ctx, updates)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -203,11 +204,69 @@ func (e *Encryption) Run(ctx context.Context) {
 				e.log.WithField("epoch", e.key.Epoch).Info("key epoch expired; rotating")
 				e.bump()
 			}
+			if n%repairTicks == 0 {
+				e.repair()
+			}
 			e.sync()
 			e.mu.Unlock()
 		case <-e.kick:
 		}
 		e.publish(ctx)
+	}
+}
+
+// repairTicks is how often (in Run's 1 s ticks) the kernel's IPsec state
+// is read back and put right.
+const repairTicks = 5
+
+// repair reads the kernel's SAs and policies back and forgets what someone
+// else removed, so sync puts it back. A lost policy is simply set again; a
+// lost SA is not installed again with the same key (its sequence counter
+// would restart): this node starts a new epoch instead, and the SAs come
+// back fresh. e.mu must be held.
+func (e *Encryption) repair() {
+	if !e.loaded || e.active == 0 {
+		return
+	}
+	sas, err := e.kern.SAs()
+	if err != nil {
+		e.log.WithError(err).Warn("reading SAs back")
+		return
+	}
+	pols, err := e.kern.Policies()
+	if err != nil {
+		e.log.WithError(err).Warn("reading policies back")
+		return
+	}
+	have := map[string]bool{}
+	for _, sa := range sas {
+		have[fmt.Sprint(sa.Src, sa.Dst, sa.SPI)] = true
+	}
+	polled := map[netip.Addr]bool{}
+	for _, p := range pols {
+		polled[p] = true
+	}
+	lost := false
+	for vtep, cur := range e.out {
+		if !have[fmt.Sprint(cur.Src, cur.Dst, cur.SPI)] {
+			delete(e.out, vtep)
+			lost = true
+		} else if !polled[vtep] {
+			e.log.WithField("vtep", vtep).Warn("IPsec policy removed behind vxnet's back; setting it again")
+			if err := e.kern.SetPolicy(vtep, ipsec.SA{SPI: cur.SPI, Epoch: uint64(cur.Epoch)}); err != nil {
+				e.log.WithError(err).Error("setting the policy again")
+			}
+		}
+	}
+	for k, spi := range e.in {
+		if !have[fmt.Sprint(k.peer, e.cfg.Local, spi)] {
+			delete(e.in, k)
+			lost = lost || k.epoch == e.key.Epoch
+		}
+	}
+	if lost {
+		e.log.Warn("IPsec SAs removed behind vxnet's back; starting a new epoch to replace them with fresh keys")
+		e.bump()
 	}
 }
 
@@ -289,6 +348,11 @@ func (e *Encryption) apply(u peerdb.KeyUpdate) {
 				e.publishd = r.Epoch
 			}
 			continue
+		}
+		for vtep, old := range e.peers {
+			if old.Node == r.Node && vtep != r.VTEP { // the node moved to another data address
+				delete(e.peers, vtep)
+			}
 		}
 		e.peers[r.VTEP] = r
 	}
@@ -442,6 +506,36 @@ func (e *Encryption) switchOut(vtep netip.Addr, rec peerdb.KeyRecord) error {
 		return e.kern.DelSA(e.cfg.Local, vtep, old.SPI)
 	}
 	return nil
+}
+
+// unprotected lists the VTEPs among vteps that the kernel has no outbound
+// policy and SA for: traffic to them is dropped.
+func (e *Encryption) unprotected(vteps map[netip.Addr]bool) ([]netip.Addr, error) {
+	pols, err := e.kern.Policies()
+	if err != nil {
+		return nil, err
+	}
+	sas, err := e.kern.SAs()
+	if err != nil {
+		return nil, err
+	}
+	ok := map[netip.Addr]int{}
+	for _, p := range pols {
+		ok[p]++
+	}
+	for _, sa := range sas {
+		if sa.Src == e.cfg.Local && ok[sa.Dst] == 1 {
+			ok[sa.Dst]++
+		}
+	}
+	var out []netip.Addr
+	for v := range vteps {
+		if ok[v] < 2 {
+			out = append(out, v)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
 }
 
 // EncryptionStatus is what `vxnet status` shows of encryption.

@@ -227,8 +227,8 @@ func (d *Driver) attach(n *network, ep *endpoint) error {
 		// An encrypted network's VNIs are protected before its VXLAN
 		// devices exist: no packet of it ever passes in plaintext.
 		if n.encrypted {
-			if err := d.checkEncryption(options{encrypted: true}); err != nil {
-				return err
+			if d.cfg.Encryption == nil {
+				return errEncryptionOff
 			}
 			if err := d.cfg.Encryption.attach(n.vnis()); err != nil {
 				return fmt.Errorf("encrypt network %s on this host: %w", n.nid, err)

@@ -2,8 +2,8 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -169,6 +169,19 @@ func (d *Driver) Check() ([]Problem, error) {
 				out = append(out, Problem{Network: n.nid, Kind: "missing", Peer: describe(p)})
 			}
 		}
+		if n.encrypted && d.cfg.Encryption != nil {
+			vteps := map[netip.Addr]bool{}
+			for _, p := range d.kernelPeers(n, recs) {
+				vteps[p.VTEP] = true
+			}
+			missing, err := d.cfg.Encryption.unprotected(vteps)
+			if err != nil {
+				return nil, err
+			}
+			for _, v := range missing {
+				out = append(out, Problem{Network: n.nid, Kind: "no IPsec SA", Peer: "to " + v.String() + " (its packets are dropped)"})
+			}
+		}
 	}
 	slices.SortFunc(out, func(a, b Problem) int { return strings.Compare(a.Network+a.Peer+a.Kind, b.Network+b.Peer+b.Kind) })
 	return out, nil
@@ -190,7 +203,7 @@ func describe(p vxlan.Peer) string {
 // follows it without losing a packet.
 func (d *Driver) Rotate(ctx context.Context) (uint64, error) {
 	if d.cfg.Encryption == nil {
-		return 0, errors.New("encryption is off on this host")
+		return 0, errEncryptionOff
 	}
 	return d.cfg.Encryption.Rotate(ctx)
 }

@@ -35,6 +35,8 @@ var (
 	descSynced     = prometheus.NewDesc("vxnet_peer_table_loaded", "1 once a full endpoint table came from etcd.", nil, nil)
 	descMembers    = prometheus.NewDesc("vxnet_serf_members", "serf members this node knows, by state (alive, leaving, left, failed).", []string{"status"}, nil)
 	descPending    = prometheus.NewDesc("vxnet_pending_etcd_writes", "Own endpoint changes gossiped but not yet written to etcd.", nil, nil)
+	descEpoch      = prometheus.NewDesc("vxnet_ipsec_epoch", "The key epoch this node holds inbound SAs for.", nil, nil)
+	descSAs        = prometheus.NewDesc("vxnet_ipsec_sas", "IPsec SAs this node programmed, by direction (in, out).", []string{"direction"}, nil)
 )
 
 // Collector returns the driver's metrics for a Prometheus registry.
@@ -43,7 +45,7 @@ func (d *Driver) Collector() prometheus.Collector { return (*collector)(d) }
 type collector Driver
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced, descMembers, descPending} {
+	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced, descMembers, descPending, descEpoch, descSAs} {
 		ch <- desc
 	}
 	c.metrics.programErrors.Describe(ch)
@@ -69,6 +71,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEtcdUp, prometheus.GaugeValue, b2f(st.Etcd == "ok"))
 	ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(st.Synced))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
+	if e := st.Encryption; e != nil {
+		ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(e.Epoch))
+		ch <- prometheus.MustNewConstMetric(descSAs, prometheus.GaugeValue, float64(e.Inbound), "in")
+		ch <- prometheus.MustNewConstMetric(descSAs, prometheus.GaugeValue, float64(e.Outbound), "out")
+	}
 	if st.Members != nil {
 		byStatus := map[string]float64{"alive": 0, "failed": 0}
 		for _, m := range st.Members {

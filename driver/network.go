@@ -211,10 +211,12 @@ func (d *Driver) checkEncryption(o options) error {
 		return nil
 	}
 	if d.cfg.Encryption == nil {
-		return errors.New("encrypted networks are off on this host: it has no IPsec support configured")
+		return errEncryptionOff
 	}
 	return d.cfg.Encryption.Check()
 }
+
+var errEncryptionOff = errors.New("encrypted networks are off on this host: it has no IPsec support configured")
 
 func joinVNIs(vnis []uint32) string {
 	s := make([]string, len(vnis))

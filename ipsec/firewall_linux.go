@@ -64,7 +64,8 @@ func (f Firewall) table() *nftables.Table {
 }
 
 func (f Firewall) set() *nftables.Set {
-	return &nftables.Set{Table: f.table(), Name: setName, KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.BigEndian}
+	return &nftables.Set{Table: f.table(), Name: setName, KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.BigEndian,
+		Comment: "VNI*256 of each encrypted network here (VXLAN header bytes 4-7)"}
 }
 
 // Ensure creates the table, or rewrites its chains' rules if it exists,

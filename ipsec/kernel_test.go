@@ -13,6 +13,9 @@ import (
 	"github.com/vxnet/vxnet/internal/nstest"
 )
 
+// The addresses of the kernel tests: this host's and a peer's.
+var local, remote = netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("192.0.2.12")
+
 // inScratch runs fn in a new network namespace the test removes after.
 func inScratch(t *testing.T, fn func() error) {
 	t.Helper()
@@ -70,10 +73,11 @@ func TestFirewallRoundTrip(t *testing.T) {
 	})
 }
 
+func kernelIn() (*Kernel, error) { return NewKernel(local, 4789) }
+
 func TestPolicyRoundTrip(t *testing.T) {
 	inScratch(t, func() error {
-		local, remote := netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("192.0.2.12")
-		k, err := NewKernel(local, 4789)
+		k, err := kernelIn()
 		if err != nil {
 			return err
 		}
@@ -111,8 +115,7 @@ func TestSARoundTrip(t *testing.T) {
 	probe := Probe()
 	t.Logf("probe: %v", probe)
 	inScratch(t, func() error {
-		local, remote := netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("192.0.2.12")
-		k, err := NewKernel(local, 4789)
+		k, err := kernelIn()
 		if err != nil {
 			return err
 		}

@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	"github.com/vxnet/vxnet/internal/nsthread"
+	"golang.org/x/sys/unix"
 )
 
 // reqidBase marks vxnet's SAs: their reqid is reqidBase plus the epoch's
@@ -180,43 +180,22 @@ func Probe() error {
 	key := make([]byte, keyLen)
 	rand.Read(key)
 	sa := SA{Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr("192.0.2.2"), SPI: 0x100, Key: key}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		origin, err := netns.Get()
+	return nsthread.Run(func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("probe ESP: new namespace: %w", err)
+		}
+		return nil
+	}, func() error {
+		h, err := netlink.NewHandle(syscall.NETLINK_XFRM)
 		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("probe ESP: %w", err)
-			return
-		}
-		defer origin.Close()
-		scratch, err := netns.New() // and moves this thread into it
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("probe ESP: new namespace: %w", err)
-			return
-		}
-		h, herr := netlink.NewHandle(syscall.NETLINK_XFRM)
-		if err := netns.Set(origin); err != nil {
-			// Stay locked: the thread is in the wrong namespace and the
-			// runtime must retire it with this goroutine.
-			errc <- fmt.Errorf("probe ESP: return to namespace: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		defer scratch.Close()
-		if herr != nil {
-			errc <- fmt.Errorf("probe ESP: %w", herr)
-			return
+			return fmt.Errorf("probe ESP: %w", err)
 		}
 		defer h.Close()
 		if err := h.XfrmStateAdd(state(sa)); err != nil {
-			errc <- fmt.Errorf("%w (the kernel said: %v)", ErrNoESP, err)
-			return
+			return fmt.Errorf("%w (the kernel said: %v)", ErrNoESP, err)
 		}
-		errc <- nil
-	}()
-	return <-errc
+		return nil
+	})
 }
 
 // Host is the IPsec of one host: its SAs and policies, and its firewall.

@@ -223,6 +223,47 @@ func TestEncrypted(t *testing.T) {
 		}
 	})
 
+	// Someone flushes h1's IPsec state: `vxnet check` says so, packets are
+	// dropped meanwhile (never sent plain), and the plugin puts fresh SAs
+	// back within seconds.
+	t.Run("flushed IPsec state is reported and repaired", func(t *testing.T) {
+		if out, code := vxnetCmd(h1, "check"); code != 0 {
+			t.Fatalf("vxnet check before the flush: exit %d\n%s", code, out)
+		}
+		capt, err := lab.StartCapture(h1.NS, "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h1.NS.MustIP(t, "xfrm", "policy", "flush")
+		h1.NS.MustIP(t, "xfrm", "state", "flush")
+		if out, code := vxnetCmd(h1, "check"); code != 1 || !strings.Contains(out, "no IPsec SA") {
+			t.Errorf("vxnet check after the flush: exit %d\n%s\nwant exit 1 naming the missing SA", code, out)
+		}
+		e1.NS.Ping(e2.IP, 1) // dropped: no SA
+		start := time.Now()
+		defer func() {
+			if t.Failed() {
+				states, _ := h1.NS.Exec("ip", "xfrm", "state")
+				policies, _ := h1.NS.Exec("ip", "xfrm", "policy")
+				t.Logf("h1's IPsec state:\n%s\n%s", states, policies)
+			}
+		}()
+		eventually(t, "h1 repaired its IPsec state", func() error {
+			if err := e1.NS.Ping(e2.IP, 1); err != nil {
+				return err
+			}
+			if out, code := vxnetCmd(h1, "check"); code != 0 {
+				return fmt.Errorf("vxnet check: %s", out)
+			}
+			return nil
+		})
+		pk := capt.Stop()
+		t.Logf("measured: traffic back %.1f s after the flush; underlay meanwhile: %d plaintext packets of the encrypted VNI", time.Since(start).Seconds(), pk.VXLAN()[encVNI])
+		if n := pk.VXLAN()[encVNI]; n != 0 {
+			t.Errorf("%d plaintext packets of the encrypted VNI while its SAs were flushed", n)
+		}
+	})
+
 	t.Run("throughput", func(t *testing.T) {
 		for _, pair := range [][2]*lab.Container{{e1, e2}, {p1, p2}} {
 			start := time.Now()
@@ -254,4 +295,34 @@ func TestEncrypted(t *testing.T) {
 			}
 		}
 	})
+}
+
+// With VXNET_KEY_ROTATION=2s the hosts rotate on their own, each starting
+// an epoch when its timer runs out and following the other's: a steady
+// flow across several rotations loses nothing.
+func TestEncryptedAutomaticRotation(t *testing.T) {
+	if err := ipsec.Probe(); err != nil {
+		t.Skipf("no ESP in this kernel (TestEncryptedInQEMU runs this test inside qemu): %v", err)
+	}
+	l := newLab(t, 2, "VXNET_KEY_ROTATION=2s")
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	nid := "rot" + lab.NewID()[:20]
+	if _, err := l.CreateNetwork(nid, map[string]string{"encrypted": "true"}, lab.Pool{Subnet: "198.18.22.0/24", Gateway: "198.18.22.1"}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := must(h1.Run(nid, "198.18.22.2/24")), must(h2.Run(nid, "198.18.22.3/24"))
+	if err := a.NS.Ping(b.IP, 1); err != nil {
+		t.Fatal(err)
+	}
+	epoch0 := encStatus(t, h1).Epoch
+	wait := pingFor(t, a, b.IP, 10)
+	sent, lost := wait()
+	epoch1 := encStatus(t, h1).Epoch
+	t.Logf("measured: ping every 20 ms for 10 s with 2 s key epochs: epochs %d -> %d, %d sent, %d lost", epoch0, epoch1, sent, lost)
+	if epoch1 < epoch0+3 {
+		t.Errorf("epoch went from %d to %d in 10 s of 2 s epochs; want at least 3 rotations", epoch0, epoch1)
+	}
+	if lost != 0 {
+		t.Errorf("%d of %d packets lost across automatic rotations", lost, sent)
+	}
 }

@@ -15,7 +15,9 @@ import (
 // and returns a function that waits for it and reports sent and lost.
 func pingFor(t *testing.T, c *lab.Container, ip string, secs int) func() (sent, lost int) {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", c.NS.Name, "ping", "-q", "-i", "0.02", "-w", fmt.Sprint(secs), ip)
+	// A count, not a deadline (-w): at a deadline ping counts the replies
+	// still in flight as lost.
+	cmd := exec.Command("ip", "netns", "exec", c.NS.Name, "ping", "-q", "-i", "0.02", "-c", fmt.Sprint(secs*50), "-W", "2", ip)
 	var out strings.Builder
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 
 	"github.com/vishvananda/netns"
+	"github.com/vxnet/vxnet/internal/nsthread"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,7 +25,7 @@ func createNS(path string) error {
 		return fmt.Errorf("create namespace pin %s: %w", path, err)
 	}
 	f.Close()
-	err = onThread(
+	err = nsthread.Run(
 		func() error {
 			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 				return fmt.Errorf("unshare network namespace: %w", err)
@@ -43,38 +43,6 @@ func createNS(path string) error {
 		os.Remove(path)
 	}
 	return err
-}
-
-// onThread runs enter, which moves the calling thread into another network
-// namespace, then fn, on a dedicated locked OS thread, and moves the thread
-// back. If enter fails the thread has not moved. If the thread cannot be
-// moved back it is never unlocked, so the Go runtime retires it instead of
-// running other goroutines in the wrong namespace.
-func onThread(enter, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		origin, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current namespace: %w", err)
-			return
-		}
-		defer origin.Close()
-		if err := enter(); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		fnErr := fn()
-		if err := netns.Set(origin); err != nil {
-			errc <- errors.Join(fnErr, fmt.Errorf("return to original namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
 }
 
 // removeNS unpins the namespace at path (`ip netns del`). The kernel frees it
@@ -115,11 +83,4 @@ func openNS(path string) (netns.NsHandle, error) {
 
 // inNS runs fn on a locked OS thread inside ns. Used for the few things that
 // have no netlink handle of their own, such as raw netlink requests.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	return onThread(func() error {
-		if err := netns.Set(ns); err != nil {
-			return fmt.Errorf("enter namespace: %w", err)
-		}
-		return nil
-	}, fn)
-}
+func inNS(ns netns.NsHandle, fn func() error) error { return nsthread.In(ns, fn) }

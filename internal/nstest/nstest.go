@@ -11,12 +11,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netns"
+	"github.com/vxnet/vxnet/internal/nsthread"
 )
 
 var seq atomic.Int64
@@ -196,35 +196,13 @@ func (n NS) Listen(network, addr string) (net.Listener, error) {
 // Do runs fn on a locked OS thread switched into n. A thread that cannot
 // switch back is never unlocked, so Go retires it.
 func (n NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(n.Path())
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("return from namespace %s: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
+	target, err := netns.GetFromPath(n.Path())
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := nsthread.In(target, fn); err != nil {
+		return fmt.Errorf("in namespace %s: %w", n.Name, err)
+	}
+	return nil
 }

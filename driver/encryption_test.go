@@ -1,0 +1,251 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/ipsec"
+	"github.com/vxnet/vxnet/peerdb"
+)
+
+// fakeXfrm is one host's kernel IPsec state.
+type fakeXfrm struct {
+	local    netip.Addr
+	sas      map[string]ipsec.SA // by src/dst/spi
+	ever     map[string]bool     // outbound SAs ever installed
+	policies map[netip.Addr]ipsec.SA
+	reused   []string
+}
+
+func newFakeXfrm(local netip.Addr) *fakeXfrm {
+	return &fakeXfrm{local: local, sas: map[string]ipsec.SA{}, ever: map[string]bool{}, policies: map[netip.Addr]ipsec.SA{}}
+}
+
+func saID(src, dst netip.Addr, spi uint32) string { return fmt.Sprintf("%s>%s/%#x", src, dst, spi) }
+
+func (f *fakeXfrm) Probe() error                  { return nil }
+func (f *fakeXfrm) Protect(vnis []uint32) error   { return nil }
+func (f *fakeXfrm) Unprotect(vnis []uint32) error { return nil }
+func (f *fakeXfrm) AddSA(sa ipsec.SA) error {
+	id := saID(sa.Src, sa.Dst, sa.SPI)
+	if _, ok := f.sas[id]; ok {
+		return nil
+	}
+	if sa.Src == f.local {
+		if f.ever[id] {
+			f.reused = append(f.reused, id)
+		}
+		f.ever[id] = true
+	}
+	f.sas[id] = sa
+	return nil
+}
+func (f *fakeXfrm) DelSA(src, dst netip.Addr, spi uint32) error {
+	delete(f.sas, saID(src, dst, spi))
+	return nil
+}
+func (f *fakeXfrm) SAs() ([]ipsec.Installed, error) {
+	var out []ipsec.Installed
+	for _, sa := range f.sas {
+		out = append(out, ipsec.Installed{Src: sa.Src, Dst: sa.Dst, SPI: sa.SPI, Epoch: uint32(sa.Epoch)})
+	}
+	return out, nil
+}
+func (f *fakeXfrm) SetPolicy(remote netip.Addr, sa ipsec.SA) error {
+	f.policies[remote] = sa
+	return nil
+}
+func (f *fakeXfrm) DelPolicy(remote netip.Addr) error { delete(f.policies, remote); return nil }
+func (f *fakeXfrm) Policies() ([]netip.Addr, error) {
+	var out []netip.Addr
+	for r := range f.policies {
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// fakeKeys is etcd's key table.
+type fakeKeys struct {
+	mu   sync.Mutex
+	recs map[string]peerdb.KeyRecord
+}
+
+func (k *fakeKeys) PutKeyRecord(_ context.Context, r peerdb.KeyRecord) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.recs[r.Node] = r
+	return nil
+}
+func (k *fakeKeys) WatchKeyRecords(ctx context.Context, _ chan<- peerdb.KeyUpdate) { <-ctx.Done() }
+func (k *fakeKeys) table() peerdb.KeyUpdate {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	u := peerdb.KeyUpdate{Reset: true}
+	for _, r := range k.recs {
+		u.Puts = append(u.Puts, r)
+	}
+	return u
+}
+
+type encNode struct {
+	name string
+	addr netip.Addr
+	kern *fakeXfrm
+	enc  *Encryption
+}
+
+func startEncNode(t *testing.T, dir string, keys *fakeKeys, name string, addr netip.Addr, kern *fakeXfrm) *encNode {
+	t.Helper()
+	enc, err := NewEncryption(EncryptionConfig{Node: name, Local: addr, KeyFile: filepath.Join(dir, name+".key"), Rotate: 1 << 40, Grace: 1 << 40},
+		kern, keys, logrus.NewEntry(logrus.StandardLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &encNode{name: name, addr: addr, kern: kern, enc: enc}
+}
+
+// deliver hands node n the current key table and lets it publish.
+func (n *encNode) deliver(keys *fakeKeys) {
+	n.enc.mu.Lock()
+	n.enc.apply(keys.table())
+	n.enc.mu.Unlock()
+	n.enc.publish(context.Background())
+}
+
+// checkNoLoss asserts the zero-loss invariant: every outbound SA a policy
+// uses exists, with the same key, as an inbound SA on its receiver; and
+// no outbound SA was ever installed twice (a nonce reuse).
+func checkNoLoss(t *testing.T, step string, nodes []*encNode) {
+	t.Helper()
+	byAddr := map[netip.Addr]*encNode{}
+	for _, n := range nodes {
+		byAddr[n.addr] = n
+	}
+	for _, n := range nodes {
+		for remote, sa := range n.kern.policies {
+			r, ok := byAddr[remote]
+			if !ok {
+				continue
+			}
+			in, ok := r.kern.sas[saID(sa.Src, sa.Dst, sa.SPI)]
+			if !ok || !bytes.Equal(in.Key, n.kern.sas[saID(sa.Src, sa.Dst, sa.SPI)].Key) {
+				t.Errorf("%s: %s sends to %s with SPI %#x (epoch %d), which %s has no matching inbound SA for", step, n.name, r.name, sa.SPI, sa.Epoch, r.name)
+			}
+		}
+		if len(n.kern.reused) > 0 {
+			t.Errorf("%s: %s installed outbound SAs a second time: %v", step, n.name, n.kern.reused)
+		}
+	}
+}
+
+// Rotations, a restart and a removal, delivered to the nodes one at a time
+// in every order the test steps through: a sender never uses an SA its
+// receiver lacks, never installs an SA twice, and a removed node loses its
+// SAs everywhere.
+func TestEncryptionProtocol(t *testing.T) {
+	dir := t.TempDir()
+	keys := &fakeKeys{recs: map[string]peerdb.KeyRecord{}}
+	var nodes []*encNode
+	for i, name := range []string{"a", "b", "c"} {
+		addr := netip.AddrFrom4([4]byte{192, 0, 2, byte(11 + i)})
+		n := startEncNode(t, dir, keys, name, addr, newFakeXfrm(addr))
+		if err := n.enc.attach([]uint32{1}); err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	settle := func(step string) {
+		for round := 0; round < 4; round++ {
+			for _, n := range nodes {
+				n.deliver(keys)
+				checkNoLoss(t, fmt.Sprintf("%s, round %d after %s", step, round, n.name), nodes)
+			}
+		}
+		for _, n := range nodes {
+			if len(n.kern.policies) != len(nodes)-1 {
+				t.Fatalf("%s: %s has policies to %d nodes; want %d", step, n.name, len(n.kern.policies), len(nodes)-1)
+			}
+		}
+	}
+	settle("start")
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	first := a.kern.policies[b.addr].SPI
+
+	if _, err := a.enc.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkNoLoss(t, "right after a's rotation", nodes)
+	settle("rotation")
+	if a.kern.policies[b.addr].SPI == first {
+		t.Error("a still sends to b with the SPI of before the rotation")
+	}
+
+	// Someone flushes a's outbound SA to b: a notices, and replaces it by
+	// starting a new epoch, never by installing the same key again.
+	lostSA := a.kern.policies[b.addr]
+	delete(a.kern.sas, saID(lostSA.Src, lostSA.Dst, lostSA.SPI))
+	delete(a.kern.policies, b.addr)
+	a.enc.mu.Lock()
+	a.enc.repair()
+	a.enc.sync()
+	a.enc.mu.Unlock()
+	a.enc.publish(context.Background())
+	settle("repair")
+	if got := a.kern.policies[b.addr].SPI; got == lostSA.SPI {
+		t.Errorf("a sends to b with the flushed SA's SPI %#x again", got)
+	}
+
+	// b restarts with its kernel state intact.
+	nodes[1] = startEncNode(t, dir, keys, "b", b.addr, b.kern)
+	b = nodes[1]
+	if err := b.enc.restore([]uint32{1}); err != nil {
+		t.Fatal(err)
+	}
+	checkNoLoss(t, "b restarted", nodes)
+	settle("b's restart")
+
+	// c is removed: its record goes.
+	keys.mu.Lock()
+	delete(keys.recs, "c")
+	keys.mu.Unlock()
+	nodes = nodes[:2]
+	for _, n := range nodes {
+		n.deliver(keys)
+	}
+	for _, n := range nodes {
+		if _, ok := n.kern.policies[c.addr]; ok {
+			t.Errorf("%s still has a policy to removed node c", n.name)
+		}
+		for id, sa := range n.kern.sas {
+			if sa.Src == c.addr || sa.Dst == c.addr {
+				t.Errorf("%s still holds SA %s with removed node c", n.name, id)
+			}
+		}
+	}
+	// Once the grace is over, only the current epoch's inbound SAs stay,
+	// and traffic still flows.
+	for _, n := range nodes {
+		n.enc.cfg.Grace = 0
+	}
+	settle("grace over")
+	for _, n := range nodes {
+		for _, sa := range n.kern.sas {
+			if sa.Dst == n.addr && sa.Epoch != n.enc.key.Epoch {
+				t.Errorf("%s keeps an inbound SA of epoch %d after the grace; its epoch is %d", n.name, sa.Epoch, n.enc.key.Epoch)
+			}
+		}
+	}
+	// The last encrypted network leaving takes every SA.
+	for _, n := range nodes {
+		n.enc.detach([]uint32{1})
+		if len(n.kern.sas)+len(n.kern.policies) != 0 {
+			t.Errorf("%s keeps %d SAs and %d policies with no encrypted network", n.name, len(n.kern.sas), len(n.kern.policies))
+		}
+	}
+}
