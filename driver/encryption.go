@@ -57,9 +57,9 @@ type Encryption struct {
 	store KeyStore
 	log   *logrus.Entry
 
-	// mu guards everything below. In the lock order it comes after
-	// Driver.mu: the driver calls in with its lock held, never the
-	// reverse.
+	// mu guards the fields from key to publishd. In the lock order it
+	// comes after Driver.mu (the driver calls in with its lock held, never
+	// the reverse) and after pubMu.
 	mu       sync.Mutex
 	key      ipsec.NodeKey // key.Epoch: the epoch inbound SAs are held for
 	since    time.Time     // when key.Epoch began here
@@ -76,6 +76,10 @@ type Encryption struct {
 	publishd uint64                   // the epoch etcd holds for this node; 0: none
 
 	kick chan struct{} // wakes Run to publish
+
+	// pubMu serialises publish (Run and Rotate both call it), so an older
+	// epoch never lands in etcd after a newer one. It is taken before mu.
+	pubMu sync.Mutex
 }
 
 type inKey struct {
@@ -190,7 +194,8 @@ func (e *Encryption) Run(ctx context.Context) {
 	go e.store.WatchKeyRecords(ctx, updates)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for n := 1; ; n++ {
+	ticks := 0
+	for {
 		select {
 		case <-ctx.Done():
 			return
@@ -199,12 +204,13 @@ func (e *Encryption) Run(ctx context.Context) {
 			e.apply(u)
 			e.mu.Unlock()
 		case <-tick.C:
+			ticks++
 			e.mu.Lock()
 			if e.loaded && time.Since(e.since) >= e.cfg.Rotate {
 				e.log.WithField("epoch", e.key.Epoch).Info("key epoch expired; rotating")
 				e.bump()
 			}
-			if n%repairTicks == 0 {
+			if ticks%repairTicks == 0 {
 				e.repair()
 			}
 			e.sync()
@@ -305,6 +311,8 @@ func (e *Encryption) Rotate(ctx context.Context) (uint64, error) {
 
 // publish writes this node's key record if etcd does not have its epoch.
 func (e *Encryption) publish(ctx context.Context) error {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
 	e.mu.Lock()
 	rec := peerdb.KeyRecord{Node: e.cfg.Node, VTEP: e.cfg.Local, PublicKey: e.key.Private.PublicKey().Bytes(), Epoch: e.key.Epoch}
 	done := e.publishd == rec.Epoch || !e.loaded // before the table, the epoch is not settled

@@ -89,6 +89,13 @@ type SA struct {
 	Key      []byte // keyLen bytes
 }
 
+// Installed is an SA of vxnet's found in the kernel.
+type Installed struct {
+	Src, Dst netip.Addr
+	SPI      uint32
+	Epoch    uint32 // low 24 bits of the epoch
+}
+
 // Derive computes the SA for packets from src to dst in epoch from this
 // host's private key and the other host's public key. Both hosts get the
 // same SA: the sender with (its key, receiver's public key), the receiver

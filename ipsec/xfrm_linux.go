@@ -30,13 +30,6 @@ const replayWindow = 1024
 
 func reqid(epoch uint64) int { return reqidBase | int(epoch&0xffffff) }
 
-// Installed is an SA of vxnet's found in the kernel.
-type Installed struct {
-	Src, Dst netip.Addr
-	SPI      uint32
-	Epoch    uint32 // low 24 bits of the epoch
-}
-
 // Kernel programs the SAs and policies of one data address in the
 // namespace it was made in (the host's, where VXLAN packets leave).
 type Kernel struct {

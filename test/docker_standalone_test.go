@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/test/lab"
 )
 
@@ -55,15 +56,21 @@ func TestDockerWithoutSwarm(t *testing.T) {
 
 	t.Run("BadInputIsRefusedAtCreate", func(t *testing.T) {
 		before := s.Etcd.State(t)
-		for _, tc := range []struct {
+		type badCase struct {
 			subnet string
 			extra  []string
 			want   string
-		}{
+		}
+		cases := []badCase{
 			{"198.18.91.0/24", []string{"-o", "vxnet.network=blue"}, "network name.blue already exists with subnet 198.18.90.0/24"},
 			{"198.18.90.0/24", []string{"--ip-range", "198.18.90.0/25", "-o", "vxnet.network=blue"}, "--ip-range 198.18.90.128/25"},
 			{"198.18.92.0/24", nil, "-o vxnet.network=NAME"},
-		} {
+		}
+		if ipsec.Probe() != nil { // without swarm the CLI itself gets the refusal
+			cases = append(cases, badCase{"198.18.93.0/24", []string{"--opt", "encrypted", "-o", "vxnet.network=secret"},
+				"this host's kernel cannot install ESP SAs with AES-GCM; encrypted networks need IPsec ESP (CONFIG_INET_ESP, module esp4)"})
+		}
+		for _, tc := range cases {
 			err := create(h1, "bad", tc.subnet, tc.extra...)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("create %s %v: %v; want %q", tc.subnet, tc.extra, err, tc.want)

@@ -68,7 +68,7 @@ func TestEncryptedInQEMU(t *testing.T) {
 	if err != nil {
 		nstest.Unavailable(t, err.Error())
 	}
-	for _, bin := range []string{"qemu-system-x86_64", "modprobe", "busybox", "etcd", "ip", "nsenter", "ping", "ldd"} {
+	for _, bin := range []string{"qemu-system-x86_64", "busybox", "etcd", "ip", "nsenter", "ping", "ldd"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			nstest.Unavailable(t, "needs "+bin+" (make setup)")
 		}

@@ -48,7 +48,7 @@ func (k Kernel) Modules(names ...string) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
 	for _, n := range names {
-		b, err := exec.Command("modprobe", "-d", k.Root, "-S", k.Version, "--show-depends", n).CombinedOutput()
+		b, err := exec.Command(modprobe(), "-d", k.Root, "-S", k.Version, "--show-depends", n).CombinedOutput()
 		if err != nil {
 			return nil, fmt.Errorf("modprobe --show-depends %s: %v: %s", n, err, b)
 		}
@@ -66,6 +66,16 @@ func (k Kernel) Modules(names ...string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// modprobe finds kmod's modprobe, which a non-root PATH may lack.
+func modprobe() string {
+	for _, p := range []string{"modprobe", "/usr/sbin/modprobe", "/sbin/modprobe"} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	return "modprobe"
 }
 
 // Image is an initramfs being assembled.
