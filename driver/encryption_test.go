@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -246,6 +247,51 @@ func TestEncryptionProtocol(t *testing.T) {
 		n.enc.detach([]uint32{1})
 		if len(n.kern.sas)+len(n.kern.policies) != 0 {
 			t.Errorf("%s keeps %d SAs and %d policies with no encrypted network", n.name, len(n.kern.sas), len(n.kern.policies))
+		}
+	}
+}
+
+// An encrypted network's containers get VXLAN's and ESP's overhead taken
+// off; one whose MTU leaves less than IPv4's 68 is refused; a host without
+// IPsec support refuses encrypted networks and still makes plain ones.
+func TestEncryptedNetworkMTUAndRefusals(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	ctx := context.Background()
+	create := func(nid string, opts map[string]string) error {
+		return d.CreateNetwork(ctx, NetworkRequest{NID: nid, Options: opts, IPv4: []IPAMData{{Pool: "198.18.1.0/24", Gateway: "198.18.1.1/24"}}})
+	}
+	if err := create("e0", map[string]string{OptVNIs: "43", OptEncrypted: ""}); err == nil || !strings.Contains(err.Error(), "encrypted networks are off") {
+		t.Errorf("encrypted network on a driver without encryption: %v; want a refusal", err)
+	}
+	enc := startEncNode(t, t.TempDir(), &fakeKeys{recs: map[string]peerdb.KeyRecord{}}, "h1", self, newFakeXfrm(self))
+	d.cfg.Encryption = enc.enc
+	for _, c := range []struct {
+		opts    map[string]string
+		wantMTU int
+		wantErr string
+	}{
+		{map[string]string{OptVNIs: "44", OptEncrypted: ""}, 1416, ""},
+		{map[string]string{OptVNIs: "45", OptEncrypted: "true", OptMTU: "9000"}, 8916, ""},
+		{map[string]string{OptVNIs: "46", OptEncrypted: "false"}, 1450, ""},
+		{map[string]string{OptVNIs: "47", OptEncrypted: "", OptMTU: "118"}, 0, "leaves an overlay MTU of 32, below IPv4's 68"},
+	} {
+		nid := "n" + c.opts[OptVNIs]
+		err := create(nid, c.opts)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("create %v: %v; want %q", c.opts, err, c.wantErr)
+			}
+			if _, ok := d.networks[nid]; ok {
+				t.Errorf("refused network %s was recorded", nid)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("create %v: %v", c.opts, err)
+			continue
+		}
+		if got := d.networks[nid].mtu; got != c.wantMTU {
+			t.Errorf("create %v: MTU %d; want %d", c.opts, got, c.wantMTU)
 		}
 	}
 }

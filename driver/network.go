@@ -45,6 +45,11 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	if err := d.checkEncryption(o); err != nil {
 		return nil, err
 	}
+	if o.mtu != 0 {
+		if _, err := overlayMTU(o.mtu, o.encrypted); err != nil {
+			return nil, err
+		}
+	}
 	rec, err := d.store.AllocateNetwork(ctx, peerdb.Network{NID: req.NID, Subnets: pools, Options: req.Options}, o.vnis, d.cfg.VNIRange)
 	if err != nil {
 		return nil, allocationError(err)
@@ -104,6 +109,14 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 	if err := d.checkEncryption(o); err != nil {
 		return err
 	}
+	underlay := o.mtu
+	if underlay == 0 {
+		underlay = d.cfg.Underlay.MTU
+	}
+	mtu, err := overlayMTU(underlay, o.encrypted)
+	if err != nil {
+		return err
+	}
 	cid := req.NID
 	if d.cfg.Scope == "local" {
 		if o.name == "" {
@@ -134,21 +147,11 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 			}
 		}
 	}
-	underlay := o.mtu
-	if underlay == 0 {
-		underlay = d.cfg.Underlay.MTU
-	}
 	if underlay > d.cfg.Underlay.MTU {
 		d.log.WithField("nid", req.NID).Warnf("network MTU option %d exceeds the MTU %d of data interface %s: the kernel will fragment VXLAN packets",
 			underlay, d.cfg.Underlay.MTU, d.cfg.Underlay.Name)
 	}
-	n := &network{nid: req.NID, cid: cid, mtu: underlay - vxlan.Overhead, encrypted: o.encrypted, endpoints: map[string]*endpoint{}}
-	if o.encrypted {
-		n.mtu = ipsec.MaxMTU(underlay)
-	}
-	if n.mtu < 68 {
-		return invalid("option %s=%d leaves an overlay MTU of %d, below IPv4's 68: give a larger one", OptMTU, underlay, n.mtu)
-	}
+	n := &network{nid: req.NID, cid: cid, mtu: mtu, encrypted: o.encrypted, endpoints: map[string]*endpoint{}}
 	for i, p := range pools {
 		n.subnets = append(n.subnets, vxlan.Subnet{VNI: o.vnis[i], Prefix: p, Gateway: gws[i]})
 	}
@@ -214,6 +217,19 @@ func (d *Driver) checkEncryption(o options) error {
 		return errEncryptionOff
 	}
 	return d.cfg.Encryption.Check()
+}
+
+// overlayMTU is the MTU containers get on an underlay of the given MTU:
+// less VXLAN's overhead, and ESP's too for an encrypted network.
+func overlayMTU(underlay int, encrypted bool) (int, error) {
+	mtu := underlay - vxlan.Overhead
+	if encrypted {
+		mtu = ipsec.MaxMTU(underlay)
+	}
+	if mtu < 68 {
+		return 0, invalid("option %s=%d leaves an overlay MTU of %d, below IPv4's 68: give a larger one", OptMTU, underlay, mtu)
+	}
+	return mtu, nil
 }
 
 var errEncryptionOff = errors.New("encrypted networks are off on this host: it has no IPsec support configured")
