@@ -117,22 +117,7 @@ func (s *Store) AcquirePool(ctx context.Context, pool, rng netip.Prefix, node st
 
 // GetPool reads the record of pool.
 func (s *Store) GetPool(ctx context.Context, pool netip.Prefix) (Pool, bool, error) {
-	cli, err := s.client(ctx)
-	if err != nil {
-		return Pool{}, false, err
-	}
-	resp, err := cli.Get(ctx, s.poolKey(pool))
-	if err != nil {
-		return Pool{}, false, s.wrap("read pool "+pool.String(), err)
-	}
-	if len(resp.Kvs) == 0 {
-		return Pool{}, false, nil
-	}
-	var p Pool
-	if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
-		return Pool{}, false, fmt.Errorf("decode pool %s: %w", pool, err)
-	}
-	return p, true, nil
+	return getJSON[Pool](ctx, s, s.poolKey(pool), "pool "+pool.String())
 }
 
 // ReleasePool drops node from the users of pool; the last user's release

@@ -219,22 +219,28 @@ func (s *Store) vnisFree(ctx context.Context, cli *clientv3.Client, vnis []uint3
 
 // Network reads the record of nid.
 func (s *Store) Network(ctx context.Context, nid string) (Network, bool, error) {
+	return getJSON[Network](ctx, s, s.networkKey(nid), "network "+nid)
+}
+
+// getJSON reads the JSON record at key; false if there is none. what names
+// the record in errors.
+func getJSON[T any](ctx context.Context, s *Store, key, what string) (T, bool, error) {
+	var v T
 	cli, err := s.client(ctx)
 	if err != nil {
-		return Network{}, false, err
+		return v, false, err
 	}
-	resp, err := cli.Get(ctx, s.networkKey(nid))
+	resp, err := cli.Get(ctx, key)
 	if err != nil {
-		return Network{}, false, s.wrap("read network "+nid, err)
+		return v, false, s.wrap("read "+what, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return Network{}, false, nil
+		return v, false, nil
 	}
-	var n Network
-	if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
-		return Network{}, false, fmt.Errorf("decode network %s: %w", nid, err)
+	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+		return v, false, fmt.Errorf("decode %s: %w", what, err)
 	}
-	return n, true, nil
+	return v, true, nil
 }
 
 // FreeNetwork deletes network nid, its VNI claims and every endpoint record
