@@ -54,6 +54,19 @@ func str(p func(*Settings) *string) func(*Settings, string) error {
 	return func(s *Settings, v string) error { *p(s) = v; return nil }
 }
 
+// duration parses a duration setting into *p(s), refusing values ok
+// rejects with "is not " + want.
+func duration(p func(*Settings) *time.Duration, ok func(time.Duration) bool, want string) func(*Settings, string) error {
+	return func(s *Settings, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || !ok(d) {
+			return fmt.Errorf("%q is not %s", v, want)
+		}
+		*p(s) = d
+		return nil
+	}
+}
+
 // table is the one list of settings: flags, environment and the README's
 // table are all made from it.
 var table = []setting{
@@ -129,32 +142,14 @@ var table = []setting{
 	{"VXNET_STATE_DIR", "state-dir", "/var/lib/vxnet", "persistent state of this node",
 		str(func(s *Settings) *string { return &s.StateDir })},
 	{"VXNET_NODE_TTL", "node-ttl", "8s", "how long a silent node's endpoints and addresses outlive it (etcd lease TTL, whole seconds)",
-		func(s *Settings, v string) error {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 2*time.Second || d%time.Second != 0 {
-				return fmt.Errorf("%q is not a whole number of seconds, at least 2s", v)
-			}
-			s.NodeTTL = d
-			return nil
-		}},
+		duration(func(s *Settings) *time.Duration { return &s.NodeTTL },
+			func(d time.Duration) bool { return d >= 2*time.Second && d%time.Second == 0 }, "a whole number of seconds, at least 2s")},
 	{"VXNET_KEY_ROTATION", "key-rotation", "12h", "how long the IPsec keys of encrypted networks last before a new epoch starts (e.g. 12h; at least 1s)",
-		func(s *Settings, v string) error {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < time.Second {
-				return fmt.Errorf("%q is not a duration of at least 1s, such as 12h", v)
-			}
-			s.KeyRotation = d
-			return nil
-		}},
+		duration(func(s *Settings) *time.Duration { return &s.KeyRotation },
+			func(d time.Duration) bool { return d >= time.Second }, "a duration of at least 1s, such as 12h")},
 	{"VXNET_REQUEST_TIMEOUT", "request-timeout", "20s", "deadline of each Docker request; keep it below Docker's 30 s",
-		func(s *Settings, v string) error {
-			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				return fmt.Errorf("%q is not a positive duration such as 20s", v)
-			}
-			s.Timeout = d
-			return nil
-		}},
+		duration(func(s *Settings) *time.Duration { return &s.Timeout },
+			func(d time.Duration) bool { return d > 0 }, "a positive duration such as 20s")},
 	{"VXNET_METRICS_ADDR", "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 192.0.2.11:9476); off when empty",
 		str(func(s *Settings) *string { return &s.MetricsAddr })},
 	{"VXNET_LOG_LEVEL", "log-level", "info", "debug, info, warn or error",
