@@ -31,17 +31,24 @@ func (pr Peer) String() string {
 // AddPeers programs peers into the namespace of nid in one pass over one
 // netlink socket, replacing whatever entries those IPs and MACs had:
 //
-//	ip neigh replace IP lladdr MAC dev vxnVNI nud permanent
 //	bridge fdb replace MAC dev vxnVNI dst VTEP self permanent
+//	ip neigh replace IP lladdr MAC dev vxnVNI nud permanent
 //
-// It programs every peer it can and returns the errors of the others.
+// The FDB entry goes first and is taken back if the neighbour entry
+// fails, so no peer is left half-programmed: a neighbour without its FDB
+// entry would flood the peer's frames to every VTEP of the VNI. It
+// programs every peer it can and returns the errors of the others.
 func (p *Plane) AddPeers(nid string, peers []Peer) error {
 	return p.eachPeer(nid, peers, func(h *netlink.Handle, idx int, pr Peer) error {
-		if err := h.NeighSet(arpEntry(idx, pr)); err != nil {
-			return fmt.Errorf("neighbour %s: %w", pr, err)
-		}
-		if err := h.NeighSet(fdbEntry(idx, pr)); err != nil {
+		fdb := fdbEntry(idx, pr)
+		if err := h.NeighSet(fdb); err != nil {
 			return fmt.Errorf("fdb %s: %w", pr, err)
+		}
+		if err := h.NeighSet(arpEntry(idx, pr)); err != nil {
+			if derr := h.NeighDel(fdb); derr != nil && !isNotFound(derr) {
+				err = errors.Join(err, fmt.Errorf("taking back fdb entry: %w", derr))
+			}
+			return fmt.Errorf("neighbour %s: %w", pr, err)
 		}
 		return nil
 	})
