@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 
+	"github.com/vxnet/vxnet/internal/statefile"
 	"github.com/vxnet/vxnet/vxlan"
 )
 
@@ -57,24 +57,9 @@ func (d *Driver) save() {
 		}
 		st.Networks = append(st.Networks, sn)
 	}
-	if err := writeFileAtomic(d.cfg.StateFile, st); err != nil {
+	if err := statefile.Write(d.cfg.StateFile, st); err != nil {
 		d.log.WithError(err).Error("saving node state; a plugin restart would forget changes since the last save")
 	}
-}
-
-func writeFileAtomic(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // Restore loads the state a previous run saved and checks it against the

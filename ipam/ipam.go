@@ -32,6 +32,7 @@ import (
 	"sync"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/internal/statefile"
 	"github.com/vxnet/vxnet/peerdb"
 )
 
@@ -113,13 +114,7 @@ func (a *Allocator) hold(p netip.Prefix, ip netip.Addr, on bool) {
 		list = append(list, h)
 	}
 	slices.Sort(list)
-	b, _ := json.Marshal(list)
-	tmp := a.file + ".tmp"
-	err := os.WriteFile(tmp, b, 0o600)
-	if err == nil {
-		err = os.Rename(tmp, a.file)
-	}
-	if err != nil {
+	if err := statefile.Write(a.file, list); err != nil {
 		a.log.WithError(err).Error("saving held addresses; a lapsed lease could lose them")
 	}
 }

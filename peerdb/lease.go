@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/statefile"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -79,8 +79,7 @@ func (s *Store) takeLease(ctx context.Context, cli *clientv3.Client) (clientv3.L
 		return 0, false, s.wrap("grant node lease", err)
 	}
 	if s.cfg.LeaseFile != "" {
-		os.MkdirAll(filepath.Dir(s.cfg.LeaseFile), 0o700)
-		if err := os.WriteFile(s.cfg.LeaseFile, []byte(fmt.Sprintf("%x\n", int64(g.ID))), 0o600); err != nil {
+		if err := statefile.WriteBytes(s.cfg.LeaseFile, fmt.Appendf(nil, "%x\n", int64(g.ID))); err != nil {
 			s.log.WithError(err).Warn("saving the node lease ID; a restart will take a new lease")
 		}
 	}
