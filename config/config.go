@@ -38,6 +38,9 @@ type Settings struct {
 	NodeTTL       time.Duration
 	MetricsAddr   string
 	SerfPort      int
+	// GossipKey is the cluster's serf key if set by hand; nil takes (or
+	// makes) the one in etcd.
+	GossipKey []byte
 	KeyRotation   time.Duration
 }
 
@@ -134,6 +137,15 @@ var table = []setting{
 			}
 			s.SerfPort = p
 			return nil
+		}},
+	{"VXNET_GOSSIP_KEY", "gossip-key", "", "serf encryption key, 32 bytes in base64, the same on every node; empty: the key vxnet keeps in etcd",
+		func(s *Settings, v string) (err error) {
+			if v == "" {
+				s.GossipKey = nil
+				return nil
+			}
+			s.GossipKey, err = peerdb.ParseGossipKey(v)
+			return err
 		}},
 	{"VXNET_VNI_RANGE", "vni-range", DefaultVNIRange, "VNIs allocated to networks, FIRST-LAST",
 		func(s *Settings, v string) (err error) { s.VNIRange, err = peerdb.ParseVNIRange(v); return err }},

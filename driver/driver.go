@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/peerdb"
@@ -37,6 +36,9 @@ type PeerStore interface {
 	PutEndpoint(ctx context.Context, e peerdb.Endpoint) error
 	DeleteEndpoint(ctx context.Context, k peerdb.Key) error
 	WatchEndpoints(ctx context.Context, out chan<- peerdb.Update)
+	WatchNodes(ctx context.Context, out chan<- peerdb.NodeUpdate)
+	// Healthy reports whether etcd answered lately.
+	Healthy() bool
 	Nodes(ctx context.Context) ([]peerdb.Node, error)
 	JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, node string) (peerdb.Network, error)
 	LeaveNamedNetwork(ctx context.Context, nid, node string) (bool, error)
@@ -68,18 +70,16 @@ type Driver struct {
 	// only lock, and is never held across an etcd call.
 	mu       sync.Mutex
 	networks map[string]*network
-	peers    map[peerdb.Key]peerdb.Endpoint // the cluster's endpoint table
+	table    *peerdb.Table // the cluster's endpoint table and its merge rule
 
-	synced     chan struct{} // closed once peers holds a full table
+	synced     chan struct{} // closed once table holds a full table from etcd
 	syncedOnce sync.Once
 
-	// Gossip state (gossip.go), guarded by mu.
+	// Gossip (gossip.go): the announcer, guarded by mu, and the inbox of
+	// others' announcements, which Run alone reads.
 	gossip      Gossiper
-	lastVersion uint64                    // of this node's own changes
-	pending     map[peerdb.Key]*pendingOp // own changes etcd has not taken yet
-	gossipAt    map[peerdb.Key]time.Time  // when a record last came by gossip
-	etcdVersion map[peerdb.Key]uint64     // version of a record as etcd last had it
-	tombs       map[peerdb.Key]tombstone  // deletions, against late older puts
+	inbox       chan peerdb.SignedUpdate
+	lastVersion uint64 // of this node's own changes, guarded by mu
 
 	metrics metrics
 }
@@ -116,14 +116,10 @@ func New(cfg Config, plane DataPlane, store PeerStore, log *logrus.Entry) *Drive
 		store:    store,
 		log:      log,
 		networks: map[string]*network{},
-		peers:    map[peerdb.Key]peerdb.Endpoint{},
+		table:    peerdb.NewTable(cfg.Node, log.WithField("part", "table")),
 		synced:   make(chan struct{}),
+		inbox:    make(chan peerdb.SignedUpdate, inboxSize),
 		metrics:  newMetrics(),
-
-		pending:     map[peerdb.Key]*pendingOp{},
-		gossipAt:    map[peerdb.Key]time.Time{},
-		etcdVersion: map[peerdb.Key]uint64{},
-		tombs:       map[peerdb.Key]tombstone{},
 	}
 }
 

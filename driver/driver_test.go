@@ -117,6 +117,8 @@ func (s *fakeStore) DeleteEndpoint(_ context.Context, k peerdb.Key) error {
 	return nil
 }
 func (s *fakeStore) WatchEndpoints(context.Context, chan<- peerdb.Update) {}
+func (s *fakeStore) WatchNodes(context.Context, chan<- peerdb.NodeUpdate)  {}
+func (s *fakeStore) Healthy() bool                                        { return true }
 func (s *fakeStore) Nodes(context.Context) ([]peerdb.Node, error)         { return nil, nil }
 func (s *fakeStore) JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, _ string) (peerdb.Network, error) {
 	return s.AllocateNetwork(ctx, n, want, rng)
@@ -139,12 +141,39 @@ func newTestDriver(t *testing.T) (*Driver, *fakePlane, *fakeStore) {
 		IPv4: []IPAMData{{Pool: "198.18.0.0/24", Gateway: "198.18.0.1/24"}}}); err != nil {
 		t.Fatal(err)
 	}
+	d.applyNodes(testNodes())
 	return d, p, s
 }
 
+// rec is a record of endpoint eid on the node whose data address is vtep,
+// written (and created) at etcd revision rev.
 func rec(eid, ip, vtep string, rev int64) peerdb.Endpoint {
 	a := netip.MustParseAddr(ip)
-	return peerdb.Endpoint{NID: "n1", EID: eid, IP: a, MAC: macFor(a).String(), VTEP: netip.MustParseAddr(vtep), Revision: rev}
+	return peerdb.Endpoint{NID: "n1", EID: eid, IP: a, MAC: macFor(a).String(), VTEP: netip.MustParseAddr(vtep),
+		Node: nodeAt(vtep), Revision: rev, CreateRevision: rev, Version: uint64(rev)}
+}
+
+func withNode(e peerdb.Endpoint, node string) peerdb.Endpoint {
+	e.Node = node
+	return e
+}
+
+// nodeAt names the test node whose data address is vtep.
+func nodeAt(vtep string) string {
+	if vtep == self.String() {
+		return "h1"
+	}
+	return "node-" + vtep
+}
+
+// testNodes are the node records of this node and of remote nodes on
+// 192.0.2.12-14.
+func testNodes() peerdb.NodeUpdate {
+	u := peerdb.NodeUpdate{Reset: true}
+	for i, a := range []string{self.String(), "192.0.2.12", "192.0.2.13", "192.0.2.14"} {
+		u.Puts = append(u.Puts, peerdb.Node{Name: nodeAt(a), DataAddr: netip.MustParseAddr(a), CreateRevision: int64(i + 1)})
+	}
+	return u
 }
 
 func TestJoinProgramsKnownPeersInOneBatch(t *testing.T) {
@@ -191,12 +220,14 @@ func TestPeerUpdates(t *testing.T) {
 		want string
 	}{
 		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 10)}}, "198.18.0.5>192.0.2.12"},
-		// an older record of r1 never wins
-		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.99", 9)}}, "198.18.0.5>192.0.2.12"},
+		// r1 rewritten to point at a VTEP that is not its node's: etcd
+		// holds a record no node may program
+		{peerdb.Update{Puts: []peerdb.Endpoint{withNode(rec("r1", "198.18.0.5", "192.0.2.99", 11), "node-192.0.2.12")}}, ""},
 		// r1 moved host
-		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.13", 11)}}, "198.18.0.5>192.0.2.13"},
-		// r2 takes the same IP elsewhere; r1's delete must not take r2's entries
-		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r2", "198.18.0.5", "192.0.2.14", 12)}}, "198.18.0.5>192.0.2.14"},
+		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.13", 12)}}, "198.18.0.5>192.0.2.13"},
+		// r2 claims the same IP later: the older claim keeps it
+		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r2", "198.18.0.5", "192.0.2.14", 13)}}, "198.18.0.5>192.0.2.13"},
+		// r1 goes: r2 gets the IP, and r1's delete does not take r2's entries
 		{peerdb.Update{Deletes: []peerdb.Key{{NID: "n1", EID: "r1"}}}, "198.18.0.5>192.0.2.14"},
 		// a reset drops what it lacks and adds what is new
 		{peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r3", "198.18.0.8", "192.0.2.12", 20)}}, "198.18.0.8>192.0.2.12"},

@@ -63,6 +63,9 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 	}
 	if _, ok := n.endpoints[eid]; !ok {
 		n.endpoints[eid] = &endpoint{eid: eid, addr: p, mac: hw, vni: s.VNI, ifName: ifNameFor(eid)}
+		if n.attached > 0 {
+			d.syncView(n) // its address and MAC are this host's now
+		}
 		d.save()
 	}
 	return filled, nil
@@ -82,6 +85,9 @@ func (d *Driver) DeleteEndpoint(_ context.Context, nid, eid string) error {
 		}
 		ifName = ep.ifName
 		delete(n.endpoints, eid)
+		if n.attached > 0 {
+			d.syncView(n)
+		}
 		d.save()
 	}
 	if err := d.plane.RemoveEndpoint(nid, ifName); err != nil {
@@ -160,7 +166,7 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 	d.mu.Unlock()
 
 	d.announce(gossip, peerdb.GossipUpdate{Put: &rec, Version: rec.Version})
-	if err := d.writeOwn(ctx, pendingOp{key: rec.Key(), rec: &rec, version: rec.Version}, gossip != nil); err != nil {
+	if err := d.writeOwn(ctx, peerdb.Op{Key: rec.Key(), Rec: &rec, Version: rec.Version}, gossip != nil); err != nil {
 		d.mu.Lock()
 		if n, ep, lerr := d.lookup(nid, eid); lerr == nil && ep.attached {
 			d.detach(n, ep)
@@ -194,7 +200,7 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	if known {
 		d.announce(gossip, peerdb.GossipUpdate{Del: &key, Version: version})
 	}
-	if err := d.writeOwn(ctx, pendingOp{key: key, version: version}, gossip != nil && known); err != nil {
+	if err := d.writeOwn(ctx, peerdb.Op{Key: key, Version: version}, gossip != nil && known); err != nil {
 		if !known {
 			log.WithError(err).Warn("withdrawing the record of an unknown endpoint")
 			return nil
@@ -237,16 +243,25 @@ func (d *Driver) attach(n *network, ep *endpoint) error {
 		if err := d.plane.EnsureNetwork(n.spec()); err != nil {
 			return errors.Join(fmt.Errorf("create network %s on this host: %w", n.nid, err), d.unprotect(n))
 		}
+		// The table's changes are all of the network's peers: reconcile
+		// writes them, in one batch, after reading what the kernel has,
+		// before the container's interface exists.
+		spec, _ := d.viewOf(n.cid)
+		d.table.Attach(n.cid, spec)
 		d.reconcile(n)
 	}
 	if err := d.plane.AddEndpoint(n.nid, ep.vni, ep.ifName, ep.mac, n.mtu); err != nil {
 		if first {
+			d.table.Detach(n.cid)
 			err = errors.Join(err, d.plane.RemoveNetwork(n.nid), d.unprotect(n))
 		}
 		return fmt.Errorf("create interface of endpoint %s: %w", ep.eid, err)
 	}
 	ep.attached = true
 	n.attached++
+	if !first {
+		d.syncView(n)
+	}
 	d.save()
 	return nil
 }
@@ -258,6 +273,7 @@ func (d *Driver) detach(n *network, ep *endpoint) {
 	ep.attached = false
 	n.attached--
 	defer d.save()
+	d.syncView(n)
 	log := d.log.WithFields(map[string]any{"nid": n.nid, "eid": ep.eid})
 	if n.attached > 0 {
 		if err := d.plane.RemoveEndpoint(n.nid, ep.ifName); err != nil {

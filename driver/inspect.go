@@ -34,14 +34,14 @@ type Status struct {
 // Status reports this node's state and etcd's health.
 func (d *Driver) Status(ctx context.Context) Status {
 	d.mu.Lock()
-	st := Status{Node: d.cfg.Node, VTEP: d.cfg.Underlay.Addr.String(), Scope: d.cfg.Scope, Networks: len(d.networks), Peers: len(d.peers)}
+	st := Status{Node: d.cfg.Node, VTEP: d.cfg.Underlay.Addr.String(), Scope: d.cfg.Scope, Networks: len(d.networks), Peers: d.table.Len()}
 	for _, n := range d.networks {
 		if n.attached > 0 {
 			st.Attached++
 		}
 		st.Endpoints += len(n.endpoints)
 	}
-	st.Pending = len(d.pending)
+	st.Pending = len(d.table.Pending())
 	if d.cfg.Encryption != nil {
 		es := d.cfg.Encryption.Status()
 		st.Encryption = &es
@@ -75,8 +75,12 @@ type PeerView struct {
 	MAC        string `json:"mac"`
 	VTEP       string `json:"vtep"`
 	Node       string `json:"node"`
-	Local      bool   `json:"local"`      // this node's own endpoint
-	Programmed string `json:"programmed"` // yes, no, or "-" where nothing is due (local, network not attached)
+	Local      bool   `json:"local"` // this node's own endpoint
+	// Programmed is yes, no, "refused" (the record is invalid or lost its
+	// IP or MAC to another claim: see vxnet check), or "-" where nothing
+	// is due (local, network not attached).
+	Programmed string `json:"programmed"`
+	Source     string `json:"source"` // etcd, or gossip while etcd has not confirmed it
 }
 
 // Problem is a difference between the desired state and the kernel.
@@ -106,17 +110,20 @@ func (d *Driver) Peers(nid string) ([]PeerView, error) {
 				have[p.String()] = true
 			}
 		}
-		for _, e := range d.peers {
-			if e.NID != n.cid {
-				continue
-			}
+		for _, e := range d.table.Records(n.cid) {
 			v := PeerView{Network: n.nid, EID: e.EID, IP: e.IP.String(), MAC: e.MAC, VTEP: e.VTEP.String(), Node: e.Node,
-				Local: e.VTEP == d.cfg.Underlay.Addr, Programmed: "-"}
+				Local: e.Node == d.cfg.Node, Programmed: "-", Source: "etcd"}
+			if d.table.FromGossip(e.Key()) {
+				v.Source = "gossip"
+			}
 			if !v.Local && n.attached > 0 {
-				v.Programmed = "no"
-				for _, p := range d.kernelPeers(n, []peerdb.Endpoint{e}) {
-					if have[p.String()] {
-						v.Programmed = "yes"
+				v.Programmed = "refused"
+				if d.table.Programmed(n.cid, e.Key()) {
+					v.Programmed = "no"
+					for _, p := range d.kernelPeers(n, []peerdb.Endpoint{e}) {
+						if have[p.String()] {
+							v.Programmed = "yes"
+						}
 					}
 				}
 			}
@@ -133,8 +140,10 @@ func (d *Driver) Peers(nid string) ([]PeerView, error) {
 }
 
 // Check compares, for every network attached on this host, the remote
-// peers etcd says it must hold with what its kernel holds, and lists every
-// missing and every stale neighbour/FDB entry.
+// peers the table says it must hold (etcd's records, and changes gossip
+// announced that etcd has not confirmed yet) with what its kernel holds,
+// and lists every missing and every stale neighbour/FDB entry, and every
+// record that lost its IP or MAC to another claim.
 func (d *Driver) Check() ([]Problem, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -143,12 +152,7 @@ func (d *Driver) Check() ([]Problem, error) {
 		if n.attached == 0 {
 			continue
 		}
-		var recs []peerdb.Endpoint
-		for _, e := range d.peers {
-			if e.NID == n.cid {
-				recs = append(recs, e)
-			}
-		}
+		recs := d.table.Desired(n.cid)
 		want := map[string]bool{}
 		for _, p := range d.kernelPeers(n, recs) {
 			want[p.String()] = true
@@ -180,6 +184,13 @@ func (d *Driver) Check() ([]Problem, error) {
 			}
 			for _, v := range missing {
 				out = append(out, Problem{Network: n.nid, Kind: "no IPsec SA", Peer: "to " + v.String() + " (its packets are dropped)"})
+			}
+		}
+	}
+	for _, c := range d.table.Conflicts() {
+		for _, n := range d.networks {
+			if n.cid == c.CID && n.attached > 0 {
+				out = append(out, Problem{Network: n.nid, Kind: "conflict", Peer: "endpoint " + c.Loser.EID + " claims " + c.What + ", held by " + c.Winner + " (not programmed)"})
 			}
 		}
 	}

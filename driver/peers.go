@@ -11,26 +11,44 @@ import (
 	"github.com/vxnet/vxnet/vxlan"
 )
 
+// tickEvery is how often Run retries queued etcd writes and expires what
+// gossip said that etcd never confirmed.
+const tickEvery = time.Second
+
 // Run applies the cluster's endpoint table to this node's kernel until ctx
-// ends: one loop, fed by the store's watch and by gossip, takes the driver
-// lock once per update and programs every network the update touches in
-// one batch. It also retries own changes etcd could not take.
+// ends: one loop, fed by the store's endpoint and node watches and by
+// gossip, merges each event into the table (peerdb.Table) under the
+// driver lock and programs the kernel changes it returns. It also retries
+// own changes etcd could not take.
 func (d *Driver) Run(ctx context.Context) {
 	updates := make(chan peerdb.Update)
+	nodes := make(chan peerdb.NodeUpdate)
 	go d.store.WatchEndpoints(ctx, updates)
+	go d.store.WatchNodes(ctx, nodes)
+	// Networks restored from the state file are attached already: the
+	// table takes them in now, and their kernels are reconciled with the
+	// first full table.
 	d.mu.Lock()
-	var gossip <-chan peerdb.GossipUpdate
-	if d.gossip != nil {
-		gossip = d.gossip.Updates()
+	for _, n := range d.networks {
+		if spec, attached := d.viewOf(n.cid); attached {
+			d.table.Attach(n.cid, spec)
+		}
 	}
 	d.mu.Unlock()
-	tick := time.NewTicker(time.Second)
+	// Endpoint records are checked against their nodes: none is taken
+	// before the node table is, or a restart would drop every peer until
+	// the node records arrived.
+	var endpoints <-chan peerdb.Update
+	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case u := <-updates:
+		case u := <-nodes:
+			d.applyNodes(u)
+			endpoints = updates
+		case u := <-endpoints:
 			d.apply(u)
 			if u.Reset {
 				d.republish(ctx)
@@ -39,10 +57,15 @@ func (d *Driver) Run(ctx context.Context) {
 				// the runtime gets round to it.
 				debug.FreeOSMemory()
 			}
-		case u := <-gossip:
-			d.applyGossip(u)
+		case m := <-d.inbox:
+			d.mu.Lock()
+			d.programChanges(d.table.Gossip(m))
+			d.mu.Unlock()
 		case <-tick.C:
 			d.flushPending(ctx)
+			d.mu.Lock()
+			d.programChanges(d.table.Expire(d.store.Healthy()))
+			d.mu.Unlock()
 		}
 	}
 }
@@ -51,8 +74,8 @@ func (d *Driver) Run(ctx context.Context) {
 // for when the node's lease was renewed and its records had lapsed.
 func (d *Driver) Republish(ctx context.Context) { d.publish(ctx, true) }
 
-// republish writes the records of this node's attached endpoints that the
-// table lacks or holds wrong, so a record lost while this node was not
+// republish writes the records of this node's attached endpoints that
+// etcd lacks or holds wrong, so a record lost while this node was not
 // watching (or a restart) comes back.
 func (d *Driver) republish(ctx context.Context) { d.publish(ctx, false) }
 
@@ -65,7 +88,7 @@ func (d *Driver) publish(ctx context.Context, all bool) {
 				continue
 			}
 			r := d.record(n, ep)
-			if cur, ok := d.peers[r.Key()]; all || !ok || !samePeer(cur, r) {
+			if cur, ok := d.table.Stored(r.Key()); all || !ok || !samePeer(cur, r) || cur.Node != r.Node {
 				r.Version = d.nextVersion()
 				recs = append(recs, r)
 			}
@@ -73,7 +96,7 @@ func (d *Driver) publish(ctx context.Context, all bool) {
 	}
 	d.mu.Unlock()
 	for _, r := range recs {
-		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, cancel := context.WithTimeout(ctx, etcdWriteTimeout)
 		err := d.store.PutEndpoint(c, r)
 		cancel()
 		log := d.log.WithFields(map[string]any{"nid": r.NID, "eid": r.EID, "ip": r.IP})
@@ -96,45 +119,35 @@ func (d *Driver) waitSynced(ctx context.Context) error {
 	}
 }
 
-// peerChange collects the records to unprogram and program, per network
-// (by cluster ID).
-type peerChange struct {
-	del, add map[string][]peerdb.Endpoint
+// applyNodes merges a change of the node table: records are checked
+// against their nodes, so a node's arrival or departure can change what
+// the kernel holds.
+func (d *Driver) applyNodes(u peerdb.NodeUpdate) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if u.Reset {
+		d.programChanges(d.table.ResetNodes(u.Puts))
+		return
+	}
+	for _, name := range u.Deletes {
+		d.programChanges(d.table.DeleteNode(name))
+	}
+	for _, n := range u.Puts {
+		d.programChanges(d.table.PutNode(n))
+	}
 }
-
-func (c *peerChange) remove(e peerdb.Endpoint) { c.del[e.NID] = append(c.del[e.NID], e) }
-func (c *peerChange) put(e peerdb.Endpoint)    { c.add[e.NID] = append(c.add[e.NID], e) }
 
 // apply merges an update from etcd into the table and programs the
 // difference. A reset (the whole table, after a start or a broken watch)
-// reconciles the kernel of every attached network against it instead:
-// whatever changed while vxnet was not watching — removed, moved or
-// missing entries — is put right. Records that came by gossip with a
-// newer version than etcd's survive both (see doc.go in peerdb).
+// reconciles the kernel of every attached network against the table
+// instead: whatever changed while vxnet was not watching — removed, moved
+// or missing entries — is put right.
 func (d *Driver) apply(u peerdb.Update) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.syncedOnce.Do(func() { close(d.synced) })
 	if u.Reset {
-		fresh := make(map[peerdb.Key]peerdb.Endpoint, len(u.Puts))
-		d.etcdVersion = make(map[peerdb.Key]uint64, len(u.Puts))
-		for _, e := range u.Puts {
-			k := e.Key()
-			d.etcdVersion[k] = e.Version
-			if cur, ok := d.peers[k]; ok && cur.Version > e.Version {
-				e = cur
-			}
-			if t, ok := d.tombs[k]; ok && t.version >= e.Version {
-				continue
-			}
-			fresh[k] = e
-		}
-		for k, e := range d.peers {
-			if _, ok := fresh[k]; !ok && d.keepDespiteEtcd(k, e) {
-				fresh[k] = e
-			}
-		}
-		d.peers = fresh
+		d.table.ResetEtcd(u.Puts)
 		for _, n := range d.networks {
 			if n.attached > 0 {
 				d.reconcile(n)
@@ -142,88 +155,30 @@ func (d *Driver) apply(u peerdb.Update) {
 		}
 		return
 	}
-	c := peerChange{del: map[string][]peerdb.Endpoint{}, add: map[string][]peerdb.Endpoint{}}
-	for _, e := range u.Puts {
-		d.etcdVersion[e.Key()] = e.Version
-		d.merge(&c, e.Key(), e)
-	}
 	for _, k := range u.Deletes {
-		old, ok := d.peers[k]
-		delete(d.etcdVersion, k)
-		if ok && !d.keepDespiteEtcd(k, old) {
-			c.remove(old)
-			delete(d.peers, k)
-			delete(d.gossipAt, k)
-		}
+		d.programChanges(d.table.DeleteEtcd(k))
 	}
-	d.programChanges(&c)
+	for _, e := range u.Puts {
+		d.programChanges(d.table.PutEtcd(e))
+	}
 }
 
-// programChanges programs c into every attached network it touches,
-// writing again the entries a deleted record shared (same IP or MAC) with
-// one that stays. d.mu must be held.
-func (d *Driver) programChanges(c *peerChange) {
-	for nid := range c.del {
-		for _, e := range d.peers {
-			if e.NID == nid && sharesEntry(e, c.del[nid]) {
-				c.put(e)
-			}
-		}
-	}
+// programChanges programs the table's changes into every attached network
+// they touch. d.mu must be held.
+func (d *Driver) programChanges(c peerdb.Changes) {
 	for _, n := range d.networks {
-		if n.attached > 0 && (len(c.del[n.cid]) > 0 || len(c.add[n.cid]) > 0) {
-			d.program(n, c.del[n.cid], c.add[n.cid])
+		if ch := c[n.cid]; ch != nil && n.attached > 0 {
+			d.program(n, ch.Del, ch.Add)
 		}
 	}
 }
 
-// merge takes record e of key k into the table unless the table (or a
-// deletion) holds a newer version, or the same version by a later
-// revision.
-func (d *Driver) merge(c *peerChange, k peerdb.Key, e peerdb.Endpoint) {
-	if t, ok := d.tombs[k]; ok && t.version >= e.Version && e.Version != 0 {
-		return
-	}
-	old, ok := d.peers[k]
-	if ok && (old.Version > e.Version || old.Version == e.Version && old.Revision > e.Revision) {
-		return
-	}
-	d.peers[k] = e
-	if ok && samePeer(old, e) {
-		return
-	}
-	if ok {
-		c.remove(old)
-	}
-	c.put(e)
-}
-
-// samePeer reports whether two records program the same kernel entries.
-func samePeer(a, b peerdb.Endpoint) bool {
-	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
-}
-
-func sharesEntry(e peerdb.Endpoint, gone []peerdb.Endpoint) bool {
-	for _, g := range gone {
-		if g.Key() != e.Key() && (g.IP == e.IP || g.MAC == e.MAC) {
-			return true
-		}
-	}
-	return false
-}
-
-// reconcile makes the kernel entries of n exactly the remote peers the
-// table holds: stale ones go, missing or wrong ones are written, in one
+// reconcile makes the kernel entries of n exactly what the table says it
+// must hold: stale ones go, missing or wrong ones are written, in one
 // batch each. A host that joins late gets all its peers this way. d.mu
 // must be held.
 func (d *Driver) reconcile(n *network) {
-	var recs []peerdb.Endpoint
-	for _, e := range d.peers {
-		if e.NID == n.cid {
-			recs = append(recs, e)
-		}
-	}
-	want := d.kernelPeers(n, recs)
+	want := d.kernelPeers(n, d.table.Desired(n.cid))
 	log := d.log.WithField("nid", n.nid)
 	have, err := d.plane.Peers(n.nid)
 	if err != nil {
@@ -267,8 +222,8 @@ func (d *Driver) reconcile(n *network) {
 	}
 }
 
-// program removes the kernel entries of del, then writes those of add,
-// skipping this node's own endpoints. d.mu must be held.
+// program removes the kernel entries of del, then writes those of add.
+// d.mu must be held.
 func (d *Driver) program(n *network, del, add []peerdb.Endpoint) {
 	log := d.log.WithField("nid", n.nid)
 	if err := d.plane.DelPeers(n.nid, d.kernelPeers(n, del)); err != nil {
@@ -281,31 +236,66 @@ func (d *Driver) program(n *network, del, add []peerdb.Endpoint) {
 		log.WithError(err).Error("programming peers")
 	}
 	for _, e := range add {
-		if e.VTEP != d.cfg.Underlay.Addr {
-			d.observeLag(e.Written)
-		}
+		d.observeLag(e.Written)
 	}
 	if len(del)+len(peers) > 0 {
 		log.Debugf("peers: %d removed, %d programmed", len(del), len(peers))
 	}
 }
 
-// kernelPeers turns records into kernel entries, leaving out this node's own
-// endpoints and records that fit no subnet of n.
+// kernelPeers turns records the table let through into kernel entries on
+// the VXLAN device of their subnet.
 func (d *Driver) kernelPeers(n *network, recs []peerdb.Endpoint) []vxlan.Peer {
 	out := make([]vxlan.Peer, 0, len(recs))
 	for _, e := range recs {
-		if e.VTEP == d.cfg.Underlay.Addr {
-			continue
-		}
 		s, ok := n.subnetOf(e.IP)
 		mac, err := net.ParseMAC(e.MAC)
-		if !ok || err != nil || !e.VTEP.IsValid() {
-			d.log.WithFields(map[string]any{"nid": e.NID, "eid": e.EID, "ip": e.IP, "mac": e.MAC, "vtep": e.VTEP}).
-				Warn("ignoring a peer record that fits no subnet of its network")
-			continue
+		if !ok || err != nil {
+			continue // the table checked both; a network redefined meanwhile
 		}
 		out = append(out, vxlan.Peer{VNI: s.VNI, IP: e.IP, MAC: mac, VTEP: e.VTEP})
 	}
 	return out
+}
+
+// samePeer reports whether two records program the same kernel entries.
+func samePeer(a, b peerdb.Endpoint) bool {
+	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
+}
+
+// viewOf tells the table what network cid is on this node: its subnets,
+// and the addresses and MACs no remote record may take (gateways, own
+// endpoints). d.mu must be held.
+func (d *Driver) viewOf(cid string) (peerdb.NetworkSpec, bool) {
+	var spec peerdb.NetworkSpec
+	attached := false
+	for _, n := range d.networks {
+		if n.cid != cid {
+			continue
+		}
+		attached = attached || n.attached > 0
+		for _, s := range n.subnets {
+			spec.Subnets = append(spec.Subnets, s.Prefix)
+			if s.Gateway.IsValid() {
+				spec.Reserved = append(spec.Reserved, s.Gateway)
+			}
+		}
+		for _, ep := range n.endpoints {
+			spec.Reserved = append(spec.Reserved, ep.addr.Addr())
+			spec.ReservedMACs = append(spec.ReservedMACs, ep.mac.String())
+		}
+	}
+	return spec, attached
+}
+
+// syncView hands the table the current view of n's cluster network and
+// programs what changes; a network no longer attached here leaves the
+// table's view. d.mu must be held.
+func (d *Driver) syncView(n *network) {
+	spec, attached := d.viewOf(n.cid)
+	if !attached {
+		d.table.Detach(n.cid)
+		return
+	}
+	d.programChanges(d.table.Attach(n.cid, spec))
 }

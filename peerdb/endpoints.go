@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -63,21 +64,32 @@ type Update struct {
 // (Reset), then the changes of each etcd watch response as one Update. After
 // the watch fails (lost leader, compaction) it lists and sends the whole
 // table again. Sends block until the receiver takes the update. It returns
-// when ctx ends.
+// when ctx ends. A record that cannot be taken as stored (undecodable, or
+// naming another endpoint than its key) counts as deleted.
 func (s *Store) WatchEndpoints(ctx context.Context, out chan<- Update) {
 	s.watchPrefix(ctx, s.endpointsPrefix(), "endpoint", func(kvs []*mvccpb.KeyValue, rev int64) bool {
-		return send(ctx, out, Update{Reset: true, Puts: s.decodeEndpoints(kvs), Revision: rev})
+		u := Update{Reset: true, Revision: rev}
+		for _, kv := range kvs {
+			if e, ok := s.decodeEndpoint(kv); ok {
+				u.Puts = append(u.Puts, e)
+			}
+		}
+		return send(ctx, out, u)
 	}, func(evs []*clientv3.Event, rev int64) bool {
 		u := Update{Revision: rev}
 		for _, ev := range evs {
-			switch ev.Type {
-			case clientv3.EventTypePut:
-				u.Puts = append(u.Puts, s.decodeEndpoints([]*mvccpb.KeyValue{ev.Kv})...)
-			case clientv3.EventTypeDelete:
-				if k, ok := s.parseEndpointKey(string(ev.Kv.Key)); ok {
-					u.Deletes = append(u.Deletes, k)
+			k, ok := s.parseEndpointKey(string(ev.Kv.Key))
+			if !ok {
+				s.log.WithField("key", string(ev.Kv.Key)).Warn("ignoring a key under the endpoint prefix that names no endpoint")
+				continue
+			}
+			if ev.Type == clientv3.EventTypePut {
+				if e, ok := s.decodeEndpoint(ev.Kv); ok {
+					u.Puts = append(u.Puts, e)
+					continue
 				}
 			}
+			u.Deletes = append(u.Deletes, k)
 		}
 		return len(u.Puts)+len(u.Deletes) == 0 || send(ctx, out, u)
 	})
@@ -117,6 +129,7 @@ func (s *Store) watchOnce(ctx context.Context, prefix, what string,
 	if err != nil {
 		return s.wrap("list "+what+"s", err)
 	}
+	s.answered()
 	rev := resp.Header.Revision
 	if !list(resp.Kvs, rev) {
 		return ctx.Err()
@@ -127,6 +140,7 @@ func (s *Store) watchOnce(ctx context.Context, prefix, what string,
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch %ss from revision %d: %w", what, rev+1, err)
 		}
+		s.answered()
 		if len(wr.Events) > 0 {
 			rev = wr.Events[len(wr.Events)-1].Kv.ModRevision
 		}
@@ -146,20 +160,45 @@ func send(ctx context.Context, out chan<- Update, u Update) bool {
 	}
 }
 
-// decodeEndpoints decodes records, skipping (and logging) any that are bad:
-// one corrupt key must not hide the rest of the table.
-func (s *Store) decodeEndpoints(kvs []*mvccpb.KeyValue) []Endpoint {
-	out := make([]Endpoint, 0, len(kvs))
-	for _, kv := range kvs {
-		var e Endpoint
-		if err := json.Unmarshal(kv.Value, &e); err != nil {
-			s.log.WithError(err).WithField("key", string(kv.Key)).Error("skipping undecodable endpoint record")
-			continue
-		}
-		e.Revision = kv.ModRevision
-		out = append(out, e)
+// decodeEndpoint decodes a record and takes its identity from its key,
+// refusing (and logging) records that are undecodable or that name
+// another endpoint: one bad key must neither hide the rest of the table
+// nor speak for another endpoint.
+func (s *Store) decodeEndpoint(kv *mvccpb.KeyValue) (Endpoint, bool) {
+	log := s.log.WithField("key", quoteKey(kv.Key))
+	k, ok := s.parseEndpointKey(string(kv.Key))
+	if !ok {
+		log.Warn("ignoring a key under the endpoint prefix that names no endpoint")
+		return Endpoint{}, false
 	}
-	return out
+	var e Endpoint
+	if len(kv.Value) > maxRecordSize {
+		log.Warnf("ignoring an endpoint record of %d bytes (at most %d)", len(kv.Value), maxRecordSize)
+		return Endpoint{}, false
+	}
+	if err := json.Unmarshal(kv.Value, &e); err != nil {
+		log.WithError(err).Warn("ignoring an undecodable endpoint record")
+		return Endpoint{}, false
+	}
+	if e.Key() != k {
+		log.WithField("says", e.Key()).Warn("ignoring an endpoint record that names another endpoint than its key")
+		return Endpoint{}, false
+	}
+	e.Revision, e.CreateRevision, e.Lease = kv.ModRevision, kv.CreateRevision, kv.Lease
+	return e, true
+}
+
+// maxRecordSize bounds a record vxnet decodes: its own are a few hundred
+// bytes.
+const maxRecordSize = 4096
+
+// quoteKey names a key in a log line, cut short.
+func quoteKey(k []byte) string {
+	const max = 160
+	if len(k) > max {
+		return fmt.Sprintf("%q…", k[:max])
+	}
+	return string(k)
 }
 
 // Nodes lists the records of the nodes alive (their leases held).
@@ -168,16 +207,75 @@ func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := cli.Get(ctx, s.prefix+"/nodes/", clientv3.WithPrefix())
+	resp, err := cli.Get(ctx, s.nodesPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, s.wrap("list nodes", err)
 	}
 	var out []Node
 	for _, kv := range resp.Kvs {
-		var n Node
-		if err := json.Unmarshal(kv.Value, &n); err == nil {
+		if n, ok := s.decodeNode(kv); ok {
 			out = append(out, n)
 		}
 	}
 	return out, nil
+}
+
+// NodeUpdate is one change to the node table: the whole table (Reset), or
+// puts and deletes (by name).
+type NodeUpdate struct {
+	Reset   bool
+	Puts    []Node
+	Deletes []string
+}
+
+// WatchNodes sends the node table to out as WatchEndpoints does the
+// endpoint table, until ctx ends.
+func (s *Store) WatchNodes(ctx context.Context, out chan<- NodeUpdate) {
+	s.watchPrefix(ctx, s.nodesPrefix(), "node", func(kvs []*mvccpb.KeyValue, rev int64) bool {
+		u := NodeUpdate{Reset: true}
+		for _, kv := range kvs {
+			if n, ok := s.decodeNode(kv); ok {
+				u.Puts = append(u.Puts, n)
+			}
+		}
+		return sendNodes(ctx, out, u)
+	}, func(evs []*clientv3.Event, rev int64) bool {
+		var u NodeUpdate
+		for _, ev := range evs {
+			name := strings.TrimPrefix(string(ev.Kv.Key), s.nodesPrefix())
+			if ev.Type == clientv3.EventTypePut {
+				if n, ok := s.decodeNode(ev.Kv); ok {
+					u.Puts = append(u.Puts, n)
+					continue
+				}
+			}
+			u.Deletes = append(u.Deletes, name)
+		}
+		return sendNodes(ctx, out, u)
+	})
+}
+
+func sendNodes(ctx context.Context, out chan<- NodeUpdate, u NodeUpdate) bool {
+	select {
+	case out <- u:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// decodeNode decodes a node record, its name taken from its key.
+func (s *Store) decodeNode(kv *mvccpb.KeyValue) (Node, bool) {
+	name := strings.TrimPrefix(string(kv.Key), s.nodesPrefix())
+	var n Node
+	if len(kv.Value) > maxRecordSize {
+		s.log.WithField("key", quoteKey(kv.Key)).Warnf("ignoring a node record of %d bytes", len(kv.Value))
+		return Node{}, false
+	}
+	if err := json.Unmarshal(kv.Value, &n); err != nil || n.Name != name {
+		s.log.WithField("key", quoteKey(kv.Key)).WithError(err).Warn("ignoring a node record that is undecodable or names another node than its key")
+		return Node{}, false
+	}
+	n.Lease, n.CreateRevision = kv.Lease, kv.CreateRevision
+	return n, true
 }

@@ -52,6 +52,7 @@ func (s *Store) leaseLoop(ctx context.Context, cli *clientv3.Client) {
 		ch, err := cli.KeepAlive(ctx, id)
 		if err == nil {
 			for range ch {
+				s.answered()
 			}
 		}
 		if ctx.Err() == nil {

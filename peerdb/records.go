@@ -1,7 +1,9 @@
 package peerdb
 
 import (
+	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -36,6 +38,11 @@ type Endpoint struct {
 	// Revision is the etcd revision that last wrote the record; records
 	// of one endpoint are ordered by it.
 	Revision int64 `json:"-"`
+	// CreateRevision is the etcd revision that created the key: of two
+	// records claiming one IP or MAC, the older claim wins (table.go).
+	CreateRevision int64 `json:"-"`
+	// Lease is the etcd lease the record is stored under: its owner's.
+	Lease int64 `json:"-"`
 }
 
 // Key identifies an endpoint record.
@@ -50,6 +57,15 @@ type Node struct {
 	DataAddr    netip.Addr `json:"data_addr"`
 	ControlAddr netip.Addr `json:"control_addr"`
 	Started     time.Time  `json:"started"`
+	// GossipKey is the node's Ed25519 public key: every gossip message it
+	// sends is signed with the private half (gossip.go).
+	GossipKey []byte `json:"gossip_key,omitempty"`
+	// Lease is the etcd lease the record is stored under; the node's
+	// endpoint records are stored under the same one.
+	Lease int64 `json:"-"`
+	// CreateRevision is the etcd revision that created the record: of
+	// two nodes claiming one data address, the older claim wins.
+	CreateRevision int64 `json:"-"`
 }
 
 // VNIRange is an inclusive range of VNIs that allocation draws from.
@@ -79,7 +95,8 @@ func (s *Store) networkKey(nid string) string { return s.prefix + "/networks/" +
 func (s *Store) vniKey(vni uint32) string     { return fmt.Sprintf("%s/vnis/%08d", s.prefix, vni) }
 func (s *Store) vniPrefix() string            { return s.prefix + "/vnis/" }
 func (s *Store) endpointsPrefix() string      { return s.prefix + "/endpoints/" }
-func (s *Store) nodeKey(name string) string   { return s.prefix + "/nodes/" + name }
+func (s *Store) nodesPrefix() string          { return s.prefix + "/nodes/" }
+func (s *Store) nodeKey(name string) string   { return s.nodesPrefix() + name }
 func (s *Store) endpointKey(k Key) string     { return s.endpointsPrefix() + k.NID + "/" + k.EID }
 func (s *Store) networkEndpointsPrefix(nid string) string {
 	return s.endpointsPrefix() + nid + "/"
@@ -94,5 +111,34 @@ func (s *Store) parseVNIKey(key string) (uint32, bool) {
 // parseEndpointKey returns the Key of a key made by endpointKey.
 func (s *Store) parseEndpointKey(key string) (Key, bool) {
 	nid, eid, ok := strings.Cut(strings.TrimPrefix(key, s.endpointsPrefix()), "/")
-	return Key{nid, eid}, ok && nid != "" && eid != ""
+	return Key{nid, eid}, ok && nid != "" && eid != "" && !strings.Contains(eid, "/")
+}
+
+// CheckUnicast returns an error unless a is an address a VTEP or a node
+// can have: valid, unicast, routable (not unspecified, loopback, multicast
+// or the IPv4 broadcast address).
+func CheckUnicast(a netip.Addr) error {
+	a = a.Unmap()
+	switch {
+	case !a.IsValid():
+		return fmt.Errorf("no address")
+	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("address %s is not a routable unicast address", a)
+	}
+	return nil
+}
+
+// CheckMAC parses mac and returns an error unless it is a unicast,
+// non-zero Ethernet address.
+func CheckMAC(mac string) (net.HardwareAddr, error) {
+	hw, err := net.ParseMAC(mac)
+	switch {
+	case err != nil || len(hw) != 6:
+		return nil, fmt.Errorf("MAC %.32q is not an Ethernet address", mac)
+	case hw[0]&1 != 0:
+		return nil, fmt.Errorf("MAC %s is a multicast or broadcast address", hw)
+	case bytes.Equal(hw, make(net.HardwareAddr, 6)):
+		return nil, fmt.Errorf("MAC %s is all zeros", hw)
+	}
+	return hw, nil
 }

@@ -44,6 +44,7 @@ type Store struct {
 	ready   chan struct{} // closed once cli is set
 	cli     *clientv3.Client
 	lastErr atomic.Pointer[error] // why the last connection attempt failed
+	lastOK  atomic.Int64          // when etcd last answered (lease keepalive, list, watch), Unix ns
 
 	// leaseMu guards lease, leaseReady and onNewLease; it is taken alone.
 	leaseMu      sync.Mutex
@@ -136,6 +137,18 @@ func (s *Store) client(ctx context.Context) (*clientv3.Client, error) {
 	case <-ctx.Done():
 		return nil, s.unreachable(ctx.Err())
 	}
+}
+
+// healthWindow is how recently etcd must have answered for Healthy: three
+// lease keepalives at the default TTL.
+const healthWindow = 10 * time.Second
+
+func (s *Store) answered() { s.lastOK.Store(time.Now().UnixNano()) }
+
+// Healthy reports whether etcd answered this node in the last
+// healthWindow (a lease keepalive, a list or a watch response).
+func (s *Store) Healthy() bool {
+	return time.Since(time.Unix(0, s.lastOK.Load())) < healthWindow
 }
 
 // ErrUnavailable marks failures to reach etcd, as opposed to refusals.

@@ -12,6 +12,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -117,7 +119,7 @@ func runPlugin(args []string) error {
 	if _, _, err := resolveAddrs(s); err != nil {
 		h.NotReady(err) // so the very first request already says why
 	}
-	srv := &http.Server{Handler: h}
+	srv := plugin.NewServer(h)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 
@@ -189,7 +191,13 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 		return err
 	}
 	alloc := ipam.New(store, s.NodeName, filepath.Join(s.StateDir, "ipam.json"), log.WithField("part", "ipam"))
-	node := peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC()}
+	// The node's gossip signing key lives as long as the process: its
+	// public half goes out in the node record, so a restart replaces it.
+	gossipPub, gossipSign, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	node := peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC(), GossipKey: gossipPub}
 	// Whatever lived under a lapsed lease is written again under the new one.
 	store.OnNewLease(func() {
 		publishNode(ctx, store, node, log)
@@ -198,13 +206,7 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 		alloc.Reclaim(ctx)
 	})
 	if s.SerfPort > 0 {
-		g, err := peerdb.StartGossip(s.NodeName, control, s.SerfPort, log.WithField("part", "serf"))
-		if err != nil {
-			return err
-		}
-		d.SetGossip(g)
-		go joinGossip(ctx, g, store, s, log)
-		go func() { <-ctx.Done(); g.Close() }()
+		go runGossip(ctx, s, control, gossipSign, store, d, log.WithField("part", "serf"))
 	}
 	go d.Run(ctx)
 	go enc.Run(ctx)
@@ -270,6 +272,38 @@ func serveMetrics(ctx context.Context, addr string, d *driver.Driver, log *logru
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.WithError(err).Error("metrics server (VXNET_METRICS_ADDR)")
 	}
+}
+
+// runGossip gets the cluster's gossip key (the setting, or etcd, waiting
+// for etcd as long as it takes), runs this node's serf member with it
+// and keeps it joined until ctx ends.
+func runGossip(ctx context.Context, s config.Settings, control netip.Addr, sign ed25519.PrivateKey, store *peerdb.Store, d *driver.Driver, log *logrus.Entry) {
+	key := s.GossipKey
+	for key == nil && ctx.Err() == nil {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		k, err := store.GossipKey(c)
+		cancel()
+		if err == nil {
+			key = k
+			break
+		}
+		log.WithError(err).Warn("no gossip key yet (it is kept in etcd); gossip starts once etcd answers")
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	g, err := peerdb.StartGossip(peerdb.GossipConfig{Node: s.NodeName, Addr: control, Port: s.SerfPort, Key: key, Sign: sign, Updates: d.Inbox()}, log)
+	if err != nil {
+		log.WithError(err).Error("gossip off: endpoint changes travel through etcd only")
+		return
+	}
+	d.SetGossip(g)
+	joinGossip(ctx, g, store, s, log)
+	g.Close()
 }
 
 // joinGossip keeps this node's serf member joined to the nodes etcd

@@ -193,13 +193,13 @@ func (e *Etcd) Keys(t nstest.T, prefix string) []string {
 }
 
 // State lists vxnet's etcd keys but the node and key records, which nodes
-// write at start, whenever etcd answers: what networks, endpoints and
-// addresses exist.
+// write at start, whenever etcd answers (node and key records, the gossip
+// key): what networks, endpoints and addresses exist.
 func (e *Etcd) State(t nstest.T) []string {
 	t.Helper()
 	var out []string
 	for _, k := range e.Keys(t, "/vxnet/") {
-		if !strings.HasPrefix(k, "/vxnet/nodes/") && !strings.HasPrefix(k, "/vxnet/keys/") {
+		if !strings.HasPrefix(k, "/vxnet/nodes/") && !strings.HasPrefix(k, "/vxnet/keys/") && k != "/vxnet/gossip/key" {
 			out = append(out, k)
 		}
 	}

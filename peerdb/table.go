@@ -1,0 +1,820 @@
+package peerdb
+
+import (
+	"cmp"
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// The limits of the merge rule (doc.go).
+const (
+	// GossipGrace is how long a record heard by gossip outlives etcd's
+	// silence about it once etcd answers: long enough for its owner to
+	// write a change it queued while etcd was away.
+	GossipGrace = time.Minute
+	// TombLife is how long a deletion is remembered, against a late
+	// gossiped put of the record it deleted.
+	TombLife = 10 * time.Minute
+	// MaxVersionAhead bounds a version against this node's clock: a
+	// version further in the future is refused, so no record can be made
+	// to win forever. Versions are owners' clocks in nanoseconds; this is
+	// far more than the skew of NTP-synchronised hosts.
+	MaxVersionAhead = 10 * time.Minute
+)
+
+// NetworkSpec is what the table must know of a network attached on this
+// node to decide which records of it the kernel holds.
+type NetworkSpec struct {
+	Subnets []netip.Prefix
+	// Reserved are addresses no remote record may take: the subnets'
+	// gateways and this node's own endpoints.
+	Reserved []netip.Addr
+	// ReservedMACs are MACs no remote record may take: this node's own
+	// endpoints' (in net.HardwareAddr.String form).
+	ReservedMACs []string
+}
+
+// Change is what the kernel of one network (by cluster ID) must lose and
+// gain: Del first, then Add.
+type Change struct {
+	Del, Add []Endpoint
+}
+
+// Changes are the kernel changes of one table event, by cluster ID.
+type Changes map[string]*Change
+
+func (c Changes) of(cid string) *Change {
+	if c[cid] == nil {
+		c[cid] = &Change{}
+	}
+	return c[cid]
+}
+
+// Conflict is a record that lost an IP or a MAC to another claim.
+type Conflict struct {
+	CID    string
+	Loser  Key
+	Winner string // the key or reservation that holds it
+	What   string // "ip 198.18.0.5" or "mac 02:..."
+}
+
+// Op is an own change still to be written to etcd: a put, or a delete
+// (Rec nil).
+type Op struct {
+	Key     Key
+	Rec     *Endpoint
+	Version uint64
+}
+
+// heard is a change heard by gossip that etcd has not confirmed yet.
+type heard struct {
+	rec     Endpoint // the put; zero for a delete
+	del     bool
+	node    string
+	version uint64
+	at      time.Time
+}
+
+// tomb remembers the version of a record etcd deleted.
+type tomb struct {
+	version uint64
+	at      time.Time
+}
+
+// netView is the table's view of one attached network.
+type netView struct {
+	spec     NetworkSpec
+	reserved map[netip.Addr]bool
+	resMACs  map[string]bool
+	cand     map[Key]Endpoint // effective, valid records: the candidates
+	byIP     map[netip.Addr]map[Key]struct{}
+	byMAC    map[string]map[Key]struct{}
+	prog     map[Key]Endpoint // the winners: what the kernel holds
+}
+
+// Table is a node's replicated endpoint table: the records etcd holds,
+// the changes gossip announced ahead of etcd, deletions remembered, the
+// node's own writes etcd has not taken yet, and the entries the kernel of
+// each attached network must hold. It applies the merge rule of doc.go
+// and nothing else: no etcd, serf, Docker or netlink. It is not safe for
+// concurrent use; its owner serialises calls.
+type Table struct {
+	self string
+	log  *logrus.Entry
+	now  func() time.Time
+
+	nodes     map[string]Node
+	addrOwner map[netip.Addr]string // data address → the node that claimed it first
+
+	etcd  map[Key]Endpoint
+	tombs map[Key]tomb
+	heard map[Key]heard
+	byNet map[string]map[Key]struct{} // every key held, by cluster ID
+
+	nets    map[string]*netView
+	pending map[Key]Op
+
+	etcdUpSince time.Time         // zero while etcd does not answer
+	refused     map[string]uint64 // refusals by reason
+	refusals    map[Key]string    // the last reason a record of a key was refused
+}
+
+// NewTable returns an empty table for node self.
+func NewTable(self string, log *logrus.Entry) *Table {
+	return &Table{
+		self: self, log: log, now: time.Now,
+		nodes: map[string]Node{}, addrOwner: map[netip.Addr]string{},
+		etcd: map[Key]Endpoint{}, tombs: map[Key]tomb{}, heard: map[Key]heard{},
+		byNet: map[string]map[Key]struct{}{}, nets: map[string]*netView{},
+		pending: map[Key]Op{}, refused: map[string]uint64{}, refusals: map[Key]string{},
+	}
+}
+
+// refuse counts and logs a record the table will not take, once for as
+// long as a record of a key is refused for the same reason.
+func (t *Table) refuse(reason string, k Key, err error) {
+	if k != (Key{}) {
+		if t.refusals[k] == reason {
+			return
+		}
+		t.refusals[k] = reason
+	}
+	t.refused[reason]++
+	t.log.WithFields(logrus.Fields{"nid": k.NID, "eid": k.EID, "reason": reason}).WithError(err).Warn("ignoring a peer record")
+}
+
+// Refused counts the records refused so far, by reason.
+func (t *Table) Refused() map[string]uint64 { return maps.Clone(t.refused) }
+
+// --- nodes ---
+
+// ResetNodes replaces the node table with nodes (a full list from etcd).
+func (t *Table) ResetNodes(nodes []Node) Changes {
+	t.nodes = map[string]Node{}
+	for _, n := range nodes {
+		t.putNode(n)
+	}
+	return t.nodesChanged()
+}
+
+// PutNode takes a node record (its name from its key).
+func (t *Table) PutNode(n Node) Changes {
+	delete(t.nodes, n.Name)
+	t.putNode(n)
+	return t.nodesChanged()
+}
+
+// DeleteNode drops a node record.
+func (t *Table) DeleteNode(name string) Changes {
+	delete(t.nodes, name)
+	return t.nodesChanged()
+}
+
+func (t *Table) putNode(n Node) {
+	if err := CheckUnicast(n.DataAddr); err != nil {
+		t.refuse("node-address", Key{}, fmt.Errorf("node %s: data address: %w", n.Name, err))
+		return
+	}
+	if n.GossipKey != nil && len(n.GossipKey) != ed25519.PublicKeySize {
+		t.refuse("node-key", Key{}, fmt.Errorf("node %s: gossip key of %d bytes", n.Name, len(n.GossipKey)))
+		n.GossipKey = nil
+	}
+	t.nodes[n.Name] = n
+}
+
+// nodesChanged recomputes who owns each data address and every attached
+// network's records, which depend on their nodes.
+func (t *Table) nodesChanged() Changes {
+	t.addrOwner = map[netip.Addr]string{}
+	names := make([]string, 0, len(t.nodes))
+	for name := range t.nodes {
+		names = append(names, name)
+	}
+	// The first claim wins: by creation revision, then by name.
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(t.nodes[a].CreateRevision, t.nodes[b].CreateRevision), cmp.Compare(a, b))
+	})
+	for _, name := range names {
+		if _, taken := t.addrOwner[t.nodes[name].DataAddr]; !taken {
+			t.addrOwner[t.nodes[name].DataAddr] = name
+		}
+	}
+	ch := Changes{}
+	for cid := range t.nets {
+		t.refreshNet(ch, cid)
+	}
+	return ch
+}
+
+// Node returns the record of node name.
+func (t *Table) Node(name string) (Node, bool) {
+	n, ok := t.nodes[name]
+	return n, ok
+}
+
+// --- etcd ---
+
+// ResetEtcd replaces what etcd holds with puts (the whole table). It
+// returns nothing: after a reset the owner reconciles each attached
+// network's kernel against Desired.
+func (t *Table) ResetEtcd(puts []Endpoint) {
+	old := t.etcd
+	t.etcd = make(map[Key]Endpoint, len(puts))
+	for _, e := range puts {
+		if t.takeEtcd(e) {
+			t.etcd[e.Key()] = e
+		}
+	}
+	for k := range old {
+		if _, ok := t.etcd[k]; !ok {
+			t.dropIfUnheld(k)
+		}
+	}
+	for k, e := range t.etcd {
+		t.index(k)
+		t.confirm(k, e)
+	}
+	t.markEtcdUp()
+	ch := Changes{}
+	for cid := range t.nets {
+		t.refreshNet(ch, cid)
+	}
+}
+
+// takeEtcd checks a record from etcd before it is held; a record it
+// refuses counts as absent from etcd.
+func (t *Table) takeEtcd(e Endpoint) bool {
+	if max := t.maxVersion(); e.Version > max {
+		t.refuse("version", e.Key(), fmt.Errorf("version %d is more than %s ahead of this node's clock", e.Version, MaxVersionAhead))
+		return false
+	}
+	return true
+}
+
+// PutEtcd takes one record etcd wrote.
+func (t *Table) PutEtcd(e Endpoint) Changes {
+	k := e.Key()
+	if !t.takeEtcd(e) {
+		return t.DeleteEtcd(k)
+	}
+	t.etcd[k] = e
+	t.index(k)
+	t.confirm(k, e)
+	t.markEtcdUp()
+	ch := Changes{}
+	t.refresh(ch, k)
+	return ch
+}
+
+// confirm drops what gossip said of k once etcd holds the same or newer,
+// or a record of another owner.
+func (t *Table) confirm(k Key, e Endpoint) {
+	if h, ok := t.heard[k]; ok && (h.version <= e.Version || h.node != e.Node) {
+		delete(t.heard, k)
+	}
+}
+
+// DeleteEtcd takes etcd's deletion of a record.
+func (t *Table) DeleteEtcd(k Key) Changes {
+	if e, ok := t.etcd[k]; ok {
+		t.tombs[k] = tomb{version: e.Version, at: t.now()}
+		delete(t.etcd, k)
+	}
+	t.markEtcdUp()
+	ch := Changes{}
+	t.refresh(ch, k)
+	t.dropIfUnheld(k)
+	return ch
+}
+
+func (t *Table) markEtcdUp() {
+	if t.etcdUpSince.IsZero() {
+		t.etcdUpSince = t.now()
+	}
+}
+
+// Stored returns the record of k as etcd holds it.
+func (t *Table) Stored(k Key) (Endpoint, bool) {
+	e, ok := t.etcd[k]
+	return e, ok
+}
+
+// --- gossip ---
+
+// SignedUpdate is a gossip message as it travels: a GossipUpdate in JSON,
+// signed by the node that sends it.
+type SignedUpdate struct {
+	Node    string `json:"n"`
+	Payload []byte `json:"p"`
+	Sig     []byte `json:"s"`
+}
+
+// gossipContext binds signatures to vxnet's endpoint gossip.
+const gossipContext = "vxnet gossip v1\x00"
+
+// Sign signs u as node with key.
+func Sign(node string, key ed25519.PrivateKey, u GossipUpdate) (SignedUpdate, error) {
+	b, err := json.Marshal(u)
+	if err != nil {
+		return SignedUpdate{}, err
+	}
+	return SignedUpdate{Node: node, Payload: b, Sig: ed25519.Sign(key, append([]byte(gossipContext), b...))}, nil
+}
+
+// Gossip takes a signed gossip message. It is taken only if its node's
+// record holds the key that signed it, and only for that node's own
+// endpoints: a put must name the node as owner and not take over another
+// node's record; a delete applies only to the node's own record.
+func (t *Table) Gossip(m SignedUpdate) Changes {
+	n, ok := t.nodes[m.Node]
+	switch {
+	case !ok || n.GossipKey == nil:
+		t.refuse("gossip-unknown-node", Key{}, fmt.Errorf("from %.64q: no node record with a gossip key", m.Node))
+		return nil
+	case !ed25519.Verify(n.GossipKey, append([]byte(gossipContext), m.Payload...), m.Sig):
+		t.refuse("gossip-signature", Key{}, fmt.Errorf("from %s: bad signature", m.Node))
+		return nil
+	}
+	var u GossipUpdate
+	if err := json.Unmarshal(m.Payload, &u); err != nil {
+		t.refuse("gossip-undecodable", Key{}, fmt.Errorf("from %s: %w", m.Node, err))
+		return nil
+	}
+	if m.Node == t.self {
+		return nil // our own, echoed
+	}
+	var k Key
+	switch {
+	case u.Put != nil && u.Del == nil:
+		k = u.Put.Key()
+		u.Version = u.Put.Version
+		if u.Put.Node != m.Node {
+			t.refuse("gossip-owner", k, fmt.Errorf("node %s announced a record of node %.64q", m.Node, u.Put.Node))
+			return nil
+		}
+	case u.Del != nil && u.Put == nil:
+		k = *u.Del
+	default:
+		t.refuse("gossip-undecodable", Key{}, fmt.Errorf("from %s: neither one put nor one delete", m.Node))
+		return nil
+	}
+	if k.NID == "" || k.EID == "" {
+		t.refuse("gossip-undecodable", k, fmt.Errorf("from %s: no network or endpoint ID", m.Node))
+		return nil
+	}
+	if u.Version > t.maxVersion() {
+		t.refuse("version", k, fmt.Errorf("from %s: version %d is more than %s ahead of this node's clock", m.Node, u.Version, MaxVersionAhead))
+		return nil
+	}
+	if cur, ok := t.effective(k); ok && cur.Node != m.Node {
+		t.refuse("gossip-owner", k, fmt.Errorf("node %s announced a change to a record of node %s", m.Node, cur.Node))
+		return nil
+	}
+	if h, ok := t.heard[k]; ok && h.version >= u.Version {
+		return nil // as new or newer heard already
+	}
+	if e, ok := t.etcd[k]; ok && e.Version >= u.Version {
+		return nil // etcd has it, or newer
+	}
+	if tb, ok := t.tombs[k]; ok && tb.version >= u.Version {
+		return nil // a late put of a deleted record
+	}
+	h := heard{node: m.Node, version: u.Version, at: t.now()}
+	if u.Put != nil {
+		h.rec = *u.Put
+		h.rec.Revision, h.rec.CreateRevision, h.rec.Lease = 0, 0, 0
+	} else {
+		h.del = true
+	}
+	t.heard[k] = h
+	t.index(k)
+	ch := Changes{}
+	t.refresh(ch, k)
+	t.dropIfUnheld(k)
+	return ch
+}
+
+// Expire drops what gossip said that etcd did not confirm within
+// GossipGrace of answering (etcdUp says whether it answers now), and
+// deletions older than TombLife.
+func (t *Table) Expire(etcdUp bool) Changes {
+	now := t.now()
+	if !etcdUp {
+		t.etcdUpSince = time.Time{}
+	} else {
+		t.markEtcdUp()
+	}
+	for k, tb := range t.tombs {
+		if now.Sub(tb.at) > TombLife {
+			delete(t.tombs, k)
+		}
+	}
+	if t.etcdUpSince.IsZero() {
+		return nil
+	}
+	ch := Changes{}
+	for k, h := range t.heard {
+		if now.Sub(laterOf(h.at, t.etcdUpSince)) > GossipGrace {
+			delete(t.heard, k)
+			t.refresh(ch, k)
+			t.dropIfUnheld(k)
+		}
+	}
+	return ch
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func (t *Table) maxVersion() uint64 {
+	v := t.now().Add(MaxVersionAhead).UnixNano()
+	if v < 0 {
+		return 0
+	}
+	return uint64(v)
+}
+
+// --- own writes etcd has not taken ---
+
+// Queue keeps an own change for etcd, replacing an older one of its key.
+func (t *Table) Queue(op Op) { t.pending[op.Key] = op }
+
+// Pending lists the queued own changes.
+func (t *Table) Pending() []Op {
+	out := make([]Op, 0, len(t.pending))
+	for _, op := range t.pending {
+		out = append(out, op)
+	}
+	return out
+}
+
+// Written drops a queued change once etcd took it, unless a newer change
+// of its key replaced it meanwhile.
+func (t *Table) Written(op Op) {
+	if cur, ok := t.pending[op.Key]; ok && cur.Version == op.Version {
+		delete(t.pending, op.Key)
+	}
+}
+
+// --- the merged table ---
+
+// effective is the record of k as the merge rule has it.
+func (t *Table) effective(k Key) (Endpoint, bool) {
+	e, inEtcd := t.etcd[k]
+	if h, ok := t.heard[k]; ok && (!inEtcd || h.version > e.Version) {
+		if h.del {
+			return Endpoint{}, false
+		}
+		return h.rec, true
+	}
+	return e, inEtcd
+}
+
+// Len counts the records the table holds.
+func (t *Table) Len() int {
+	n := 0
+	for _, keys := range t.byNet {
+		for k := range keys {
+			if _, ok := t.effective(k); ok {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Records lists the records of network cid, sorted by IP.
+func (t *Table) Records(cid string) []Endpoint {
+	var out []Endpoint
+	for k := range t.byNet[cid] {
+		if e, ok := t.effective(k); ok {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int { return cmp.Or(a.IP.Compare(b.IP), cmp.Compare(a.EID, b.EID)) })
+	return out
+}
+
+// FromGossip reports whether the record of k is one etcd has not
+// confirmed yet.
+func (t *Table) FromGossip(k Key) bool {
+	e, inEtcd := t.etcd[k]
+	h, ok := t.heard[k]
+	return ok && (!inEtcd || h.version > e.Version)
+}
+
+func (t *Table) index(k Key) {
+	keys := t.byNet[k.NID]
+	if keys == nil {
+		keys = map[Key]struct{}{}
+		t.byNet[k.NID] = keys
+	}
+	keys[k] = struct{}{}
+}
+
+func (t *Table) dropIfUnheld(k Key) {
+	_, inEtcd := t.etcd[k]
+	_, isHeard := t.heard[k]
+	if !inEtcd && !isHeard {
+		delete(t.refusals, k)
+		if keys := t.byNet[k.NID]; keys != nil {
+			delete(keys, k)
+			if len(keys) == 0 {
+				delete(t.byNet, k.NID)
+			}
+		}
+	}
+}
+
+// --- attached networks and their kernel entries ---
+
+// Attach starts (or updates) the table's view of network cid, attached on
+// this node, and returns the kernel changes the new view makes.
+func (t *Table) Attach(cid string, spec NetworkSpec) Changes {
+	v := t.nets[cid]
+	if v == nil {
+		v = &netView{cand: map[Key]Endpoint{}, byIP: map[netip.Addr]map[Key]struct{}{},
+			byMAC: map[string]map[Key]struct{}{}, prog: map[Key]Endpoint{}}
+		t.nets[cid] = v
+	}
+	v.spec = spec
+	v.reserved = map[netip.Addr]bool{}
+	for _, a := range spec.Reserved {
+		v.reserved[a] = true
+	}
+	v.resMACs = map[string]bool{}
+	for _, m := range spec.ReservedMACs {
+		if hw, err := CheckMAC(m); err == nil {
+			m = hw.String()
+		}
+		v.resMACs[m] = true
+	}
+	ch := Changes{}
+	t.refreshNet(ch, cid)
+	return ch
+}
+
+// Detach ends the view of network cid: its kernel entries go with its
+// namespace.
+func (t *Table) Detach(cid string) { delete(t.nets, cid) }
+
+// Desired lists the entries the kernel of network cid must hold.
+func (t *Table) Desired(cid string) []Endpoint {
+	v := t.nets[cid]
+	if v == nil {
+		return nil
+	}
+	out := make([]Endpoint, 0, len(v.prog))
+	for _, e := range v.prog {
+		out = append(out, e)
+	}
+	return out
+}
+
+// Programmed reports whether the kernel of cid must hold the record of k.
+func (t *Table) Programmed(cid string, k Key) bool {
+	v := t.nets[cid]
+	if v == nil {
+		return false
+	}
+	_, ok := v.prog[k]
+	return ok
+}
+
+// Conflicts lists the records of attached networks that lost an IP or a
+// MAC to an older claim or to this node's own endpoints and gateways.
+func (t *Table) Conflicts() []Conflict {
+	var out []Conflict
+	for cid, v := range t.nets {
+		for k := range t.byNet[cid] {
+			e, ok := t.effective(k)
+			if !ok || e.Node == t.self {
+				continue
+			}
+			if err := t.checkOwner(e, t.FromGossip(k)); err != nil {
+				continue
+			}
+			if v.reserved[e.IP] {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "ip " + e.IP.String()})
+			} else if v.resMACs[e.MAC] {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "mac " + e.MAC})
+			}
+			if _, ok := v.cand[k]; !ok {
+				continue
+			}
+			if w := t.winner(v.byIP[e.IP]); w != k {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "ip " + e.IP.String()})
+			} else if w := t.winner(v.byMAC[e.MAC]); w != k {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "mac " + e.MAC})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Conflict) int {
+		return cmp.Or(cmp.Compare(a.CID, b.CID), cmp.Compare(a.What, b.What), cmp.Compare(a.Loser.EID, b.Loser.EID))
+	})
+	return out
+}
+
+func (t *Table) refreshNet(ch Changes, cid string) {
+	for k := range t.byNet[cid] {
+		t.refresh(ch, k)
+	}
+	// Records no longer held at all still leave the kernel.
+	if v := t.nets[cid]; v != nil {
+		for k := range v.cand {
+			if _, held := t.byNet[cid][k]; !held {
+				t.refresh(ch, k)
+			}
+		}
+	}
+}
+
+// refresh recomputes whether the record of k is a candidate for its
+// network's kernel, and settles every claim it takes part in.
+func (t *Table) refresh(ch Changes, k Key) {
+	v := t.nets[k.NID]
+	if v == nil {
+		return
+	}
+	old, had := v.cand[k]
+	cur, ok := t.candidate(v, k)
+	if had && ok && old == cur {
+		return
+	}
+	affected := map[Key]struct{}{k: {}}
+	if had {
+		v.unclaim(k, old)
+		delete(v.cand, k)
+		v.claimants(affected, old)
+	}
+	if ok {
+		v.cand[k] = cur
+		v.claim(k, cur)
+		v.claimants(affected, cur)
+	}
+	for a := range affected {
+		t.settle(ch, k.NID, v, a)
+	}
+}
+
+// candidate returns the record of k if the kernel may hold it: a remote
+// node's record, valid, in a subnet of the network, on no address or
+// MAC reserved by this node.
+func (t *Table) candidate(v *netView, k Key) (Endpoint, bool) {
+	e, ok := t.effective(k)
+	if !ok || e.Node == t.self {
+		return Endpoint{}, false
+	}
+	if err := t.checkOwner(e, t.FromGossip(k)); err != nil {
+		t.refuse("owner", k, err)
+		return Endpoint{}, false
+	}
+	hw, err := CheckMAC(e.MAC)
+	if err != nil {
+		t.refuse("mac", k, err)
+		return Endpoint{}, false
+	}
+	mac := hw.String()
+	if !inSubnets(v.spec.Subnets, e.IP) {
+		t.refuse("ip", k, fmt.Errorf("address %s is in no subnet of the network, or is a subnet's network or broadcast address", e.IP))
+		return Endpoint{}, false
+	}
+	if v.reserved[e.IP] || v.resMACs[mac] {
+		t.refuse("reserved", k, fmt.Errorf("address %s or MAC %s belongs to this host (an own endpoint or a gateway)", e.IP, mac))
+		return Endpoint{}, false
+	}
+	delete(t.refusals, k)
+	// Only what the kernel entries and the ordering need.
+	return Endpoint{NID: e.NID, EID: e.EID, IP: e.IP, MAC: mac, VTEP: e.VTEP, Node: e.Node,
+		Written: e.Written, Version: e.Version, CreateRevision: t.etcd[k].CreateRevision}, true
+}
+
+// checkOwner checks that a record speaks for its node: the node has a
+// record, holds its data address by the first claim, the record's VTEP is
+// that address, and a record from etcd is stored under the node's lease.
+func (t *Table) checkOwner(e Endpoint, gossiped bool) error {
+	n, ok := t.nodes[e.Node]
+	switch {
+	case !ok:
+		return fmt.Errorf("its node %.64q has no node record", e.Node)
+	case t.addrOwner[n.DataAddr] != n.Name:
+		return fmt.Errorf("node %s claims data address %s, which node %s claimed first", n.Name, n.DataAddr, t.addrOwner[n.DataAddr])
+	case e.VTEP != n.DataAddr:
+		return fmt.Errorf("VTEP %s is not the data address %s of its node %s", e.VTEP, n.DataAddr, n.Name)
+	case !gossiped && n.Lease != 0 && e.Lease != n.Lease:
+		return fmt.Errorf("stored under lease %x, not under its node %s's lease %x", e.Lease, n.Name, n.Lease)
+	}
+	return nil
+}
+
+// inSubnets reports whether ip is a host address of one of subnets.
+func inSubnets(subnets []netip.Prefix, ip netip.Addr) bool {
+	for _, s := range subnets {
+		if !s.Contains(ip) {
+			continue
+		}
+		if ip == s.Masked().Addr() && s.Bits() < s.Addr().BitLen()-1 {
+			return false
+		}
+		if ip.Is4() && s.Bits() < 31 && ip == lastAddr(s) {
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(math.MaxUint32) >> p.Bits()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// settle decides whether the candidate k wins both its IP and its MAC,
+// and records the kernel change if that differs from before.
+func (t *Table) settle(ch Changes, cid string, v *netView, k Key) {
+	e, ok := v.cand[k]
+	win := ok && t.winner(v.byIP[e.IP]) == k && t.winner(v.byMAC[e.MAC]) == k
+	p, was := v.prog[k]
+	switch {
+	case win && was && samePeer(p, e):
+		v.prog[k] = e
+	case win:
+		if was {
+			ch.of(cid).Del = append(ch.of(cid).Del, p)
+		}
+		ch.of(cid).Add = append(ch.of(cid).Add, e)
+		v.prog[k] = e
+	case was:
+		ch.of(cid).Del = append(ch.of(cid).Del, p)
+		delete(v.prog, k)
+	}
+}
+
+// winner is the claim that holds an IP or a MAC: the record etcd created
+// first; records etcd has not confirmed come after all it has, then by
+// key. Every node that holds the same records decides the same.
+func (t *Table) winner(keys map[Key]struct{}) Key {
+	var best Key
+	var bestRev int64
+	first := true
+	for k := range keys {
+		rev := t.etcd[k].CreateRevision
+		if rev == 0 {
+			rev = math.MaxInt64
+		}
+		if first || rev < bestRev || rev == bestRev && cmp.Or(cmp.Compare(k.NID, best.NID), cmp.Compare(k.EID, best.EID)) < 0 {
+			best, bestRev, first = k, rev, false
+		}
+	}
+	return best
+}
+
+func (v *netView) claim(k Key, e Endpoint) {
+	if v.byIP[e.IP] == nil {
+		v.byIP[e.IP] = map[Key]struct{}{}
+	}
+	v.byIP[e.IP][k] = struct{}{}
+	if v.byMAC[e.MAC] == nil {
+		v.byMAC[e.MAC] = map[Key]struct{}{}
+	}
+	v.byMAC[e.MAC][k] = struct{}{}
+}
+
+func (v *netView) unclaim(k Key, e Endpoint) {
+	delete(v.byIP[e.IP], k)
+	if len(v.byIP[e.IP]) == 0 {
+		delete(v.byIP, e.IP)
+	}
+	delete(v.byMAC[e.MAC], k)
+	if len(v.byMAC[e.MAC]) == 0 {
+		delete(v.byMAC, e.MAC)
+	}
+}
+
+func (v *netView) claimants(into map[Key]struct{}, e Endpoint) {
+	for k := range v.byIP[e.IP] {
+		into[k] = struct{}{}
+	}
+	for k := range v.byMAC[e.MAC] {
+		into[k] = struct{}{}
+	}
+}
+
+// samePeer reports whether two records program the same kernel entries.
+func samePeer(a, b Endpoint) bool {
+	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
+}
