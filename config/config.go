@@ -40,8 +40,8 @@ type Settings struct {
 	SerfPort      int
 	// GossipKey is the cluster's serf key if set by hand; nil takes (or
 	// makes) the one in etcd.
-	GossipKey []byte
-	KeyRotation   time.Duration
+	GossipKey   []byte
+	KeyRotation time.Duration
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates

@@ -117,7 +117,7 @@ func (s *fakeStore) DeleteEndpoint(_ context.Context, k peerdb.Key) error {
 	return nil
 }
 func (s *fakeStore) WatchEndpoints(context.Context, chan<- peerdb.Update) {}
-func (s *fakeStore) WatchNodes(context.Context, chan<- peerdb.NodeUpdate)  {}
+func (s *fakeStore) WatchNodes(context.Context, chan<- peerdb.NodeUpdate) {}
 func (s *fakeStore) Healthy() bool                                        { return true }
 func (s *fakeStore) Nodes(context.Context) ([]peerdb.Node, error)         { return nil, nil }
 func (s *fakeStore) JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, _ string) (peerdb.Network, error) {

@@ -69,13 +69,13 @@ func (d *Driver) Status(ctx context.Context) Status {
 // PeerView is one row of `vxnet peers`: an endpoint of the cluster table
 // and whether this host's kernel holds its entries as they should be.
 type PeerView struct {
-	Network    string `json:"network"` // the local network ID
-	EID        string `json:"eid"`
-	IP         string `json:"ip"`
-	MAC        string `json:"mac"`
-	VTEP       string `json:"vtep"`
-	Node       string `json:"node"`
-	Local      bool   `json:"local"` // this node's own endpoint
+	Network string `json:"network"` // the local network ID
+	EID     string `json:"eid"`
+	IP      string `json:"ip"`
+	MAC     string `json:"mac"`
+	VTEP    string `json:"vtep"`
+	Node    string `json:"node"`
+	Local   bool   `json:"local"` // this node's own endpoint
 	// Programmed is yes, no, "refused" (the record is invalid or lost its
 	// IP or MAC to another claim: see vxnet check), or "-" where nothing
 	// is due (local, network not attached).
