@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -77,6 +78,11 @@ type Encryption struct {
 
 	kick chan struct{} // wakes Run to publish
 
+	// off, if set, is why this host refuses encrypted networks although
+	// encryption is configured (its key file cannot be used, or the
+	// kernel's IPsec state cannot be read). Set once by NewEncryption.
+	off error
+
 	// pubMu serialises publish (Run and Rotate both call it), so an older
 	// epoch never lands in etcd after a newer one. It is taken before mu.
 	pubMu sync.Mutex
@@ -90,48 +96,67 @@ type inKey struct {
 // NewEncryption loads (or makes) the node key and takes over the SAs and
 // policies a previous run left in the kernel: they keep protecting traffic
 // until the key table from etcd says what to change.
+//
+// A key file that cannot be used, or kernel IPsec state that cannot be
+// read, does not stop the node: it returns an Encryption that refuses
+// encrypted networks, saying why and what to do (Check), touches no SA or
+// policy, and leaves plain networks alone.
 func NewEncryption(cfg EncryptionConfig, kern IPsec, store KeyStore, log *logrus.Entry) (*Encryption, error) {
-	key, err := ipsec.LoadKey(cfg.KeyFile)
-	if err != nil {
-		return nil, err
-	}
 	e := &Encryption{
 		cfg: cfg, kern: kern, store: store, log: log,
-		key: key, since: time.Now(), floor: key.Epoch,
 		peers: map[netip.Addr]peerdb.KeyRecord{}, out: map[netip.Addr]ipsec.Installed{},
 		in: map[inKey]uint32{}, policies: map[netip.Addr]bool{}, used: map[netip.Addr]uint64{}, caughtUp: map[netip.Addr]time.Time{},
 		kick: make(chan struct{}, 1),
 	}
-	sas, err := kern.SAs()
+	key, err := ipsec.LoadKey(cfg.KeyFile)
 	if err != nil {
-		return nil, err
+		e.off = fmt.Errorf("encrypted networks are refused on this host: %w", err)
+		log.WithError(err).Error("encryption off: encrypted networks are refused on this host; plain networks are not affected")
+		return e, nil
 	}
+	e.key, e.since, e.floor = key, time.Now(), key.Epoch
+	sas, err := kern.SAs()
+	if err == nil {
+		var pols []netip.Addr
+		if pols, err = kern.Policies(); err == nil {
+			e.takeOver(sas, pols)
+			return e, nil
+		}
+	}
+	e.off = fmt.Errorf("encrypted networks are refused on this host: reading the kernel's IPsec state: %w", err)
+	log.WithError(err).Error("encryption off: encrypted networks are refused on this host; plain networks are not affected")
+	return e, nil
+}
+
+// takeOver adopts the SAs and policies a previous run left. The epoch of
+// every SA found, in or out, raises the floor: outbound SAs of epochs up
+// to it may have been used. Called by NewEncryption only.
+func (e *Encryption) takeOver(sas []ipsec.Installed, pols []netip.Addr) {
 	for _, sa := range sas {
-		epoch := uint64(sa.Epoch)
+		epoch := uint64(sa.Epoch) // whole: epochs never exceed ipsec.MaxEpoch
 		e.floor = max(e.floor, epoch)
-		if sa.Src == cfg.Local {
+		if sa.Src == e.cfg.Local {
 			e.out[sa.Dst] = sa
 		} else {
 			e.in[inKey{sa.Src, epoch}] = sa.SPI
 		}
 	}
-	pols, err := kern.Policies()
-	if err != nil {
-		return nil, err
-	}
 	for _, p := range pols {
 		e.policies[p] = true
 	}
 	if len(sas)+len(pols) > 0 {
-		log.WithField("sas", len(sas)).WithField("policies", len(pols)).Info("kept the IPsec state of the previous run")
+		e.log.WithField("sas", len(sas)).WithField("policies", len(pols)).Info("kept the IPsec state of the previous run")
 	}
-	return e, nil
 }
 
 // Check reports whether this host can carry encrypted networks.
 func (e *Encryption) Check() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.off != nil {
+		// Both at once, so the operator need not fix one to learn of the other.
+		return errors.Join(e.off, e.kern.Probe())
+	}
 	if e.probeOK {
 		return nil
 	}
@@ -164,6 +189,9 @@ func (e *Encryption) attach(vnis []uint32) error {
 // restore counts an encrypted network that survived a restart and makes
 // sure its VNIs are protected.
 func (e *Encryption) restore(vnis []uint32) error {
+	if e.off != nil {
+		e.log.WithError(e.off).Errorf("an encrypted network (VNIs %v) survived the restart, but encryption is off: its VNIs stay protected, and its traffic stops once the SAs of the previous run are outdated", vnis)
+	}
 	if err := e.kern.Protect(vnis); err != nil {
 		return fmt.Errorf("firewall for encrypted VNIs %v: %w", vnis, err)
 	}
@@ -190,6 +218,9 @@ func (e *Encryption) detach(vnis []uint32) error {
 // published, until ctx ends. It rotates keys when the epoch is older than
 // the configured period.
 func (e *Encryption) Run(ctx context.Context) {
+	if e.off != nil {
+		return // no key: nothing to publish or follow
+	}
 	updates := make(chan peerdb.KeyUpdate)
 	go e.store.WatchKeyRecords(ctx, updates)
 	tick := time.NewTicker(time.Second)
@@ -206,7 +237,7 @@ func (e *Encryption) Run(ctx context.Context) {
 		case <-tick.C:
 			ticks++
 			e.mu.Lock()
-			if e.loaded && time.Since(e.since) >= e.cfg.Rotate {
+			if e.loaded && time.Since(e.since) >= e.cfg.Rotate && e.key.Epoch < ipsec.MaxEpoch {
 				e.log.WithField("epoch", e.key.Epoch).Info("key epoch expired; rotating")
 				e.bump()
 			}
@@ -272,7 +303,7 @@ func (e *Encryption) repair() {
 	}
 	if lost {
 		e.log.Warn("IPsec SAs removed behind vxnet's back; starting a new epoch to replace them with fresh keys")
-		e.bump()
+		e.bump() // logs if it cannot
 	}
 }
 
@@ -294,15 +325,21 @@ func (e *Encryption) wake() {
 
 // Rotate starts a new epoch now and publishes it; every node follows.
 func (e *Encryption) Rotate(ctx context.Context) (uint64, error) {
+	if e.off != nil {
+		return 0, e.off
+	}
 	e.mu.Lock()
 	if !e.loaded {
 		e.mu.Unlock()
 		return 0, errors.New("key records not loaded from etcd yet: cannot rotate")
 	}
-	e.bump()
+	err := e.bump()
 	e.sync()
 	epoch := e.key.Epoch
 	e.mu.Unlock()
+	if err != nil {
+		return epoch, fmt.Errorf("cannot rotate: %w", err)
+	}
 	if err := e.publish(ctx); err != nil {
 		return epoch, err
 	}
@@ -311,6 +348,9 @@ func (e *Encryption) Rotate(ctx context.Context) (uint64, error) {
 
 // publish writes this node's key record if etcd does not have its epoch.
 func (e *Encryption) publish(ctx context.Context) error {
+	if e.off != nil {
+		return nil
+	}
 	e.pubMu.Lock()
 	defer e.pubMu.Unlock()
 	e.mu.Lock()
@@ -335,11 +375,23 @@ func (e *Encryption) publish(ctx context.Context) error {
 
 // apply takes a key update. The first full table sets the floor to the
 // highest epoch anyone had and starts a new epoch above it: this run can
-// then never install an outbound SA it may have used before. e.mu must be
-// held.
+// then never install an outbound SA it may have used before.
+//
+// A record whose epoch could not be followed safely (ipsec.CheckEpoch:
+// 0, beyond ipsec.MaxEpoch, or more than ipsec.MaxEpochLead above what
+// this node knows) is ignored and logged, as if it never came; the node's
+// previous record, if any, stays. Records are judged from the lowest
+// epoch up, each against the highest epoch known before it: this node's
+// own, the floor, and the records taken so far. A node that knows no
+// epoch at all (a new key, no SA in the kernel) takes the lowest record
+// of its first table as known. e.mu must be held.
 func (e *Encryption) apply(u peerdb.KeyUpdate) {
+	if e.off != nil {
+		return
+	}
+	prev := e.peers
 	if u.Reset {
-		clear(e.peers)
+		e.peers = make(map[netip.Addr]peerdb.KeyRecord, len(u.Puts))
 	}
 	for _, name := range u.Deletes {
 		for vtep, r := range e.peers {
@@ -348,10 +400,33 @@ func (e *Encryption) apply(u peerdb.KeyUpdate) {
 			}
 		}
 	}
+	puts := slices.Clone(u.Puts)
+	slices.SortStableFunc(puts, func(a, b peerdb.KeyRecord) int { return cmp.Compare(a.Epoch, b.Epoch) })
+	known := max(e.key.Epoch, e.floor)
+	for _, r := range e.peers {
+		known = max(known, r.Epoch)
+	}
+	if known == 0 && len(puts) > 0 && puts[0].Epoch <= ipsec.MaxEpoch {
+		known = puts[0].Epoch
+	}
 	highest := uint64(0)
-	for _, r := range u.Puts {
+	for _, r := range puts {
+		own := r.VTEP == e.cfg.Local || r.Node == e.cfg.Node
+		if err := ipsec.CheckEpoch(r.Epoch, known); err != nil {
+			e.log.WithFields(logrus.Fields{"node": r.Node, "vtep": r.VTEP, "epoch": r.Epoch}).WithError(err).
+				Warn("ignoring a key record whose epoch this node cannot follow")
+			if u.Reset && !own {
+				for vtep, old := range prev {
+					if old.Node == r.Node {
+						e.peers[vtep] = old
+					}
+				}
+			}
+			continue
+		}
+		known = max(known, r.Epoch)
 		highest = max(highest, r.Epoch)
-		if r.VTEP == e.cfg.Local || r.Node == e.cfg.Node {
+		if own {
 			if r.Epoch == e.key.Epoch {
 				e.publishd = r.Epoch
 			}
@@ -374,24 +449,29 @@ func (e *Encryption) apply(u peerdb.KeyUpdate) {
 	e.sync()
 }
 
-// bump starts an epoch above every one known. e.mu must be held.
-func (e *Encryption) bump() {
+// bump starts an epoch above every one known. At ipsec.MaxEpoch it starts
+// none and says so: wrapping round would reuse epochs. e.mu must be held.
+func (e *Encryption) bump() error {
 	next := max(e.key.Epoch, e.floor) + 1
 	for _, r := range e.peers {
 		next = max(next, r.Epoch+1)
 	}
-	e.adopt(next)
+	if next > ipsec.MaxEpoch {
+		e.log.WithField("epoch", e.key.Epoch).Error(ipsec.ErrLastEpoch)
+		return ipsec.ErrLastEpoch
+	}
+	return e.adopt(next)
 }
 
 // adopt moves this node to epoch: saved first (epochs must only grow, also
 // across restarts), then inbound SAs of it for every peer; publish tells
 // the others afterwards. e.mu must be held.
-func (e *Encryption) adopt(epoch uint64) {
+func (e *Encryption) adopt(epoch uint64) error {
 	k := e.key
 	k.Epoch = epoch
 	if err := ipsec.SaveKey(e.cfg.KeyFile, k); err != nil {
 		e.log.WithError(err).Error("saving the new key epoch; staying at the current one")
-		return
+		return err
 	}
 	e.key = k
 	e.since = time.Now()
@@ -399,6 +479,7 @@ func (e *Encryption) adopt(epoch uint64) {
 	e.log.WithField("epoch", epoch).Info("key epoch started")
 	e.sync()
 	e.wake()
+	return nil
 }
 
 // sync makes the kernel's SAs and policies what the key table and the
@@ -409,6 +490,9 @@ func (e *Encryption) adopt(epoch uint64) {
 // next tick: a missing SA drops packets, it never lets plaintext out.
 // e.mu must be held.
 func (e *Encryption) sync() {
+	if e.off != nil {
+		return
+	}
 	if !e.loaded && e.active > 0 {
 		return // keep what the kernel has until the table says otherwise
 	}
@@ -439,7 +523,10 @@ func (e *Encryption) sync() {
 		}
 		cur, has := e.out[vtep]
 		switch {
-		case rec.Epoch == 0 || has && uint64(cur.Epoch) == rec.Epoch&0xffffff:
+		case rec.Epoch == 0 || has && uint64(cur.Epoch) == rec.Epoch:
+		case rec.Epoch > e.key.Epoch:
+			// Not in the key file yet (adopt could not save it): after a
+			// restart the floor would not cover it. Wait until it is.
 		case rec.Epoch <= e.floor || rec.Epoch <= e.used[vtep]:
 			// An SA this node may have used before (in an earlier run, or
 			// before the peer went away) must never be installed again:
@@ -507,7 +594,7 @@ func (e *Encryption) switchOut(vtep netip.Addr, rec peerdb.KeyRecord) error {
 	}
 	e.policies[vtep] = true
 	old, had := e.out[vtep]
-	e.out[vtep] = ipsec.Installed{Src: sa.Src, Dst: sa.Dst, SPI: sa.SPI, Epoch: uint32(sa.Epoch & 0xffffff)}
+	e.out[vtep] = ipsec.Installed{Src: sa.Src, Dst: sa.Dst, SPI: sa.SPI, Epoch: uint32(sa.Epoch)}
 	e.used[vtep] = rec.Epoch
 	e.log.WithFields(logrus.Fields{"vtep": vtep, "spi": fmt.Sprintf("%#x", sa.SPI), "epoch": sa.Epoch}).Debug("outbound SA in use")
 	if had && old.SPI != sa.SPI {

@@ -11,7 +11,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
+
+	"github.com/vxnet/vxnet/internal/statefile"
 )
 
 // Algorithm is the AEAD of every SA: AES-256 in GCM as ESP uses it (RFC
@@ -22,12 +23,49 @@ const (
 	ICVBits   = 128
 )
 
+// Epochs are numbered from 1. The kernel keeps the low EpochBits of an
+// SA's epoch in its reqid (xfrm_linux.go), which is how a restarted node
+// learns the epochs of the SAs it finds: epochs therefore never go beyond
+// MaxEpoch, so that number is the whole epoch and two epochs never share
+// one. A host at MaxEpoch refuses to rotate (ErrLastEpoch) rather than wrap
+// to an epoch it used before. At one rotation every 12 hours (the default)
+// that is 23,000 years; at the 1 s minimum, 194 days.
+//
+// A peer's epoch is followed only if it is at most MaxEpochLead above the
+// highest epoch this host knows (CheckEpoch): every honest host moves one
+// epoch past the highest it sees, so epochs advance by about one per
+// rotation period, and a record far ahead is a broken or hostile one that
+// would otherwise use up the epochs in a few steps.
+const (
+	EpochBits           = 24
+	MaxEpoch     uint64 = 1<<EpochBits - 1
+	MaxEpochLead uint64 = 1 << 16
+)
+
+// ErrLastEpoch says a host reached MaxEpoch and cannot start another.
+var ErrLastEpoch = fmt.Errorf("key epoch %d is the last one the kernel's SA reqid can hold: no further rotation; the current keys stay in use", MaxEpoch)
+
+// CheckEpoch returns an error unless a host that knows epochs up to known
+// may follow epoch: not 0 (never published), not beyond MaxEpoch, and at
+// most MaxEpochLead above known.
+func CheckEpoch(epoch, known uint64) error {
+	switch {
+	case epoch == 0:
+		return errors.New("epoch 0 is never published")
+	case epoch > MaxEpoch:
+		return fmt.Errorf("epoch %d is beyond the last one, %d (the kernel's SA reqid holds %d bits)", epoch, MaxEpoch, EpochBits)
+	case epoch > known && epoch-known > MaxEpochLead:
+		return fmt.Errorf("epoch %d is more than %d ahead of %d, the highest this host knows", epoch, MaxEpochLead, known)
+	}
+	return nil
+}
+
 // NodeKey is a host's key pair and the highest epoch it has used, as kept
 // in its key file.
 type NodeKey struct {
 	Private *ecdh.PrivateKey
-	// Epoch is the highest epoch this host has installed inbound SAs for,
-	// in this or an earlier run. Epochs only grow.
+	// Epoch is the highest epoch this host has installed SAs for, in this
+	// or an earlier run. Epochs only grow.
 	Epoch uint64
 }
 
@@ -38,6 +76,16 @@ type keyFile struct {
 
 // LoadKey reads the key file at path, or creates one with a new key pair
 // if there is none. The file is 0600: the private key never leaves it.
+//
+// A file that cannot be used (corrupt, no X25519 key, an epoch beyond
+// MaxEpoch) is an error naming the fix, removing it; it is never replaced
+// silently: the file may only be unreadable for now, and the operator
+// should know the host's key changed. Removing it is safe. A new key pair
+// gives every pair of hosts new shared secrets, so no SA of the new key
+// equals one of the old, whatever the epochs; and the new key's epoch
+// still starts above every epoch in etcd (this host's last published
+// record included), so peers' checks against epochs they used before hold
+// as for any restart.
 func LoadKey(path string) (NodeKey, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -51,31 +99,24 @@ func LoadKey(path string) (NodeKey, error) {
 	if err != nil {
 		return NodeKey{}, fmt.Errorf("read node key: %w", err)
 	}
+	fix := "remove " + path + " and restart the plugin to make a new key pair"
 	var f keyFile
 	if err := json.Unmarshal(b, &f); err != nil {
-		return NodeKey{}, fmt.Errorf("node key file %s is corrupt (remove it to make a new key pair): %w", path, err)
+		return NodeKey{}, fmt.Errorf("node key file %s is corrupt (%s): %w", path, fix, err)
 	}
 	priv, err := ecdh.X25519().NewPrivateKey(f.Private)
 	if err != nil {
-		return NodeKey{}, fmt.Errorf("node key file %s holds no X25519 key (remove it to make a new key pair): %w", path, err)
+		return NodeKey{}, fmt.Errorf("node key file %s holds no X25519 key (%s): %w", path, fix, err)
+	}
+	if f.Epoch > MaxEpoch {
+		return NodeKey{}, fmt.Errorf("node key file %s holds epoch %d, beyond the last one, %d (%s)", path, f.Epoch, MaxEpoch, fix)
 	}
 	return NodeKey{Private: priv, Epoch: f.Epoch}, nil
 }
 
-// SaveKey writes k to path atomically, mode 0600.
+// SaveKey writes k to path atomically and durably, mode 0600.
 func SaveKey(path string, k NodeKey) error {
-	b, err := json.Marshal(keyFile{Private: k.Private.Bytes(), Epoch: k.Epoch})
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("save node key: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("save node key: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := statefile.Write(path, keyFile{Private: k.Private.Bytes(), Epoch: k.Epoch}); err != nil {
 		return fmt.Errorf("save node key: %w", err)
 	}
 	return nil

@@ -3,10 +3,13 @@ package ipsec
 import (
 	"bytes"
 	"crypto/ecdh"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -104,9 +107,56 @@ func TestKeyFile(t *testing.T) {
 	if !again.Private.Equal(k.Private) || again.Epoch != 42 {
 		t.Fatalf("reloaded key differs (epoch %d)", again.Epoch)
 	}
-	os.WriteFile(path, []byte("{"), 0o600)
-	if _, err := LoadKey(path); err == nil {
-		t.Fatal("got no error for a corrupt key file")
+	os.Chmod(path, 0o644)
+	if err := SaveKey(path, k); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("after saving over a 0644 file: mode %v; want 0600", st.Mode().Perm())
+	}
+}
+
+// A key file that cannot be used is an error naming the fix, and is left
+// as it is: never replaced behind the operator's back.
+func TestKeyFileBad(t *testing.T) {
+	good, _ := json.Marshal(keyFile{Private: fixedKey(t, 1).Bytes(), Epoch: 9})
+	for _, c := range []struct{ name, content, want string }{
+		{"truncated", string(good[:20]), "is corrupt"},
+		{"garbage", "\x00\xffgarbage", "is corrupt"},
+		{"short key", `{"private_key":"AAAA","epoch":3}`, "holds no X25519 key"},
+		{"epoch beyond the reqid", `{"private_key":"` + base64.StdEncoding.EncodeToString(fixedKey(t, 1).Bytes()) + `","epoch":18446744073709551615}`, "beyond the last one"},
+	} {
+		path := filepath.Join(t.TempDir(), "ipsec.key")
+		os.WriteFile(path, []byte(c.content), 0o600)
+		_, err := LoadKey(path)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "remove "+path) {
+			t.Errorf("%s: LoadKey: %v; want %q and the fix (remove %s)", c.name, err, c.want, path)
+		}
+		if b, _ := os.ReadFile(path); string(b) != c.content {
+			t.Errorf("%s: LoadKey changed the file", c.name)
+		}
+	}
+}
+
+func TestCheckEpoch(t *testing.T) {
+	for _, c := range []struct {
+		epoch, known uint64
+		ok           bool
+	}{
+		{1, 0, true},
+		{5, 4, true},
+		{3, 9, true}, // behind: not refused here; the rotation rules handle it
+		{9 + MaxEpochLead, 9, true},
+		{10 + MaxEpochLead, 9, false},
+		{MaxEpoch, MaxEpoch - 1, true},
+		{MaxEpoch + 1, MaxEpoch, false},
+		{1<<64 - 1, MaxEpoch, false},
+		{1<<64 - 1, 1<<64 - 2, false},
+		{0, 0, false},
+	} {
+		if err := CheckEpoch(c.epoch, c.known); (err == nil) != c.ok {
+			t.Errorf("CheckEpoch(%d, %d) = %v; want ok %v", c.epoch, c.known, err, c.ok)
+		}
 	}
 }
 
