@@ -26,7 +26,7 @@ func TestEncryptedRefusedWithoutESP(t *testing.T) {
 	}
 	l := newLab(t, 2)
 	before := l.Etcd.State(t)
-	nid := "enc" + lab.NewID()[:20]
+	nid := lab.NetworkID("enc")
 	_, err := l.CreateNetwork(nid, map[string]string{"encrypted": ""}, net1)
 	if err == nil || !strings.Contains(err.Error(), "CONFIG_INET_ESP") || !strings.Contains(err.Error(), "modprobe esp4") {
 		t.Fatalf("encrypted create on a kernel without ESP: %v; want an error naming CONFIG_INET_ESP and modprobe esp4", err)
@@ -93,7 +93,7 @@ func TestEncrypted(t *testing.T) {
 	}
 	l := newLab(t, 2)
 	h1, h2 := l.Hosts[0], l.Hosts[1]
-	enc, plain := "enc"+lab.NewID()[:20], "pln"+lab.NewID()[:20]
+	enc, plain := lab.NetworkID("enc"), lab.NetworkID("pln")
 	encOpts, err := l.CreateNetwork(enc, map[string]string{"encrypted": ""}, lab.Pool{Subnet: "198.18.20.0/24", Gateway: "198.18.20.1"})
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +306,7 @@ func TestEncryptedAutomaticRotation(t *testing.T) {
 	}
 	l := newLab(t, 2, "VXNET_KEY_ROTATION=2s")
 	h1, h2 := l.Hosts[0], l.Hosts[1]
-	nid := "rot" + lab.NewID()[:20]
+	nid := lab.NetworkID("rot")
 	if _, err := l.CreateNetwork(nid, map[string]string{"encrypted": "true"}, lab.Pool{Subnet: "198.18.22.0/24", Gateway: "198.18.22.1"}); err != nil {
 		t.Fatal(err)
 	}

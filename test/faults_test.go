@@ -80,7 +80,7 @@ func TestEtcdOutage(t *testing.T) {
 	}
 	l := newLab(t, 3)
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
-	nid := "etcd" + lab.NewID()[:20]
+	nid := lab.NetworkID("etcd")
 	if _, err := l.CreateNetwork(nid, nil, net1); err != nil {
 		t.Fatal(err)
 	}

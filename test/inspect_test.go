@@ -54,7 +54,7 @@ func grepLines(s, prefix string) string {
 func TestStatusPeersAndCheck(t *testing.T) {
 	l := newLab(t, 2, "VXNET_METRICS_ADDR=:9476")
 	h1, h2 := l.Hosts[0], l.Hosts[1]
-	nid := "insp" + lab.NewID()[:20]
+	nid := lab.NetworkID("insp")
 	opts, err := l.CreateNetwork(nid, nil, net1)
 	if err != nil {
 		t.Fatal(err)

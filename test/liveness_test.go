@@ -18,7 +18,7 @@ func TestDeadNodeIsForgottenAndReturns(t *testing.T) {
 	const ttl = 3 * time.Second
 	l := newLab(t, 3, "VXNET_NODE_TTL=3s")
 	h1, h2 := l.Hosts[0], l.Hosts[1]
-	nid := "live" + lab.NewID()[:20]
+	nid := lab.NetworkID("live")
 	if _, err := l.CreateNetwork(nid, nil, net1); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,8 @@ const optMTU = "com.docker.network.driver.mtu"
 // A refused create names the fix and leaves nothing behind.
 func TestBadNetworkOptionsLeaveNothing(t *testing.T) {
 	l := newLab(t, 2)
-	if _, err := l.CreateNetwork("taken", map[string]string{optVNIs: "4242"}, net1); err != nil {
+	taken := lab.NetworkID("taken")
+	if _, err := l.CreateNetwork(taken, map[string]string{optVNIs: "4242"}, net1); err != nil {
 		t.Fatal(err)
 	}
 	before := l.Etcd.State(t)
@@ -28,12 +29,12 @@ func TestBadNetworkOptionsLeaveNothing(t *testing.T) {
 	}{
 		{map[string]string{optMTU: "abc"}, []lab.Pool{net1}, "want the underlay MTU in bytes, 118-65535"},
 		{map[string]string{optVNIs: "99999999"}, []lab.Pool{net1}, "is not a VNI; want VNI[,VNI...] with each 1-16777215"},
-		{map[string]string{optVNIs: "4242"}, []lab.Pool{net1}, "VNI 4242 is in use by network taken"},
+		{map[string]string{optVNIs: "4242"}, []lab.Pool{net1}, "VNI 4242 is in use by network " + taken},
 		{map[string]string{"foo": "bar"}, []lab.Pool{net1}, "unknown option foo; vxnet accepts:"},
 		{map[string]string{"encrypted": "maybe"}, []lab.Pool{net1}, "give it without a value (--opt encrypted) or as true/false"},
 		{map[string]string{optVNIs: "5000"}, []lab.Pool{net1, {Subnet: "198.18.11.0/24", Gateway: "198.18.11.1"}}, "one VNI per subnet"},
 	} {
-		nid := "bad" + lab.NewID()[:10]
+		nid := lab.NetworkID("bad")
 		_, err := l.CreateNetwork(nid, tc.opts, tc.pools...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "vxnet: ") {
 			t.Errorf("create with %v: %v; want an error containing %q", tc.opts, err, tc.want)
@@ -60,7 +61,7 @@ func TestMTU(t *testing.T) {
 		{nil, 1450},
 		{map[string]string{optMTU: "1400"}, 1350},
 	} {
-		nid := "mtu" + lab.NewID()[:10]
+		nid := lab.NetworkID("mtu")
 		if _, err := l.CreateNetwork(nid, tc.opts, net1); err != nil {
 			t.Fatal(err)
 		}
@@ -89,7 +90,7 @@ func TestMTU(t *testing.T) {
 // other across hosts.
 func TestTwoSubnetsAndChosenVNIs(t *testing.T) {
 	l := newLab(t, 2)
-	nid := "two" + lab.NewID()[:10]
+	nid := lab.NetworkID("two")
 	other := lab.Pool{Subnet: "198.18.11.0/24", Gateway: "198.18.11.1"}
 	if _, err := l.CreateNetwork(nid, map[string]string{optVNIs: "4097,4098"}, net1, other); err != nil {
 		t.Fatal(err)
@@ -125,13 +126,13 @@ func TestServesBeforeEtcd(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("plugin answered %v after start; want within a second", took)
 	}
-	_, err := l.CreateNetwork("n"+lab.NewID()[:10], nil, net1)
+	_, err := l.CreateNetwork(lab.NetworkID("n"), nil, net1)
 	if err == nil || !strings.Contains(err.Error(), "VXNET_ETCD_ENDPOINTS") {
 		t.Fatalf("create with etcd down: %v; want an error naming VXNET_ETCD_ENDPOINTS", err)
 	}
 	l.Etcd.Start(t, t.TempDir())
 	eventually(t, "create once etcd is up", func() error {
-		_, err := l.CreateNetwork("n"+lab.NewID()[:10], nil, net1)
+		_, err := l.CreateNetwork(lab.NetworkID("n"), nil, net1)
 		return err
 	})
 }
@@ -142,7 +143,7 @@ func TestServesWithoutDataPath(t *testing.T) {
 	h := l.Hosts[0]
 	h.Stop()
 	h.Start("VXNET_DATA_ADDR=198.51.100.77")
-	_, err := l.CreateNetwork("n"+lab.NewID()[:10], nil, net1)
+	_, err := l.CreateNetwork(lab.NetworkID("n"), nil, net1)
 	if err == nil || !strings.Contains(err.Error(), "not ready: data path (VXNET_DATA_ADDR): data address 198.51.100.77 is on no interface") {
 		t.Fatalf("create without a data path: %v; want vxnet's reason", err)
 	}

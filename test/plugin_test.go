@@ -115,7 +115,7 @@ func transfer(t *testing.T, a, b *lab.Container, size int) {
 func TestCrossHostTrafficAndPeerLifecycle(t *testing.T) {
 	l := newLab(t, 3)
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
-	nid := "net1" + lab.NewID()[:21]
+	nid := lab.NetworkID("net1")
 	opts, err := l.CreateNetwork(nid, nil, net1)
 	if err != nil {
 		t.Fatal(err)
@@ -200,12 +200,12 @@ func TestCrossHostTrafficAndPeerLifecycle(t *testing.T) {
 	}
 }
 
-// networkOnEachHost creates a network named prefix+random on the lab,
-// starts one container per host on it (198.18.10.2, .3, …) and checks
-// they all reach each other.
+// networkOnEachHost creates a network with ID lab.NetworkID(prefix) on the
+// lab, starts one container per host on it (198.18.10.2, .3, …) and
+// checks they all reach each other.
 func networkOnEachHost(t *testing.T, l *lab.Lab, prefix string) (string, []*lab.Container) {
 	t.Helper()
-	nid := prefix + lab.NewID()[:20]
+	nid := lab.NetworkID(prefix)
 	if _, err := l.CreateNetwork(nid, nil, net1); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestConcurrentCreatesFromSeveralNodesGetDistinctVNIs(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				nid := fmt.Sprintf("%s-net%d", h.Name, i)
+				nid := lab.NetworkID(fmt.Sprintf("%snet%d", h.Name, i))
 				var res network.AllocateNetworkResponse
 				err := h.Call("NetworkDriver.AllocateNetwork", network.AllocateNetworkRequest{
 					NetworkID: nid, IPv4Data: []network.IPAMData{{Pool: fmt.Sprintf("198.18.%d.0/24", 100+i), Gateway: fmt.Sprintf("198.18.%d.1/24", 100+i)}},

@@ -253,6 +253,15 @@ func (h *Host) Start(env ...string) {
 	}
 }
 
+// PID is the process ID of h's plugin (nsenter execs it, keeping its
+// PID), or 0 if it was never started.
+func (h *Host) PID() int {
+	if h.cmd == nil || h.cmd.Process == nil {
+		return 0
+	}
+	return h.cmd.Process.Pid
+}
+
 // Stop ends the plugin of h gracefully (SIGTERM), if it runs.
 func (h *Host) Stop() { h.signal(syscall.SIGTERM) }
 
@@ -299,12 +308,19 @@ func (h *Host) InNetwork(nid string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// NewID returns a random 64-hex ID like Docker's.
+// NewID returns a random 64-hex ID like Docker's: an endpoint ID, or a
+// local network's.
 func NewID() string {
 	b := make([]byte, 32)
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// NetworkID returns a random network ID of swarm's form, 25 lowercase
+// letters and digits, starting with prefix (a few lowercase letters and
+// digits) so that logs show which test made it. The plugin refuses IDs of
+// any other form.
+func NetworkID(prefix string) string { return prefix + NewID()[:25-len(prefix)] }
 
 func tail(s string, lines int) string {
 	l := strings.Split(s, "\n")
