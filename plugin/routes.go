@@ -6,6 +6,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/vxnet/vxnet/driver"
+	"github.com/vxnet/vxnet/internal/ids"
 )
 
 // genericKey is where Docker puts a network's driver options on
@@ -78,11 +79,11 @@ func (h *Handler) routes() {
 	// Discovery tells a swarm node its own and its peers' addresses. vxnet
 	// takes its peers from etcd and its addresses from its settings.
 	always(h, "NetworkDriver.DiscoverNew", func(_ context.Context, r *network.DiscoveryNotification) (any, error) {
-		h.log.WithField("data", r.DiscoveryData).Debug("discovery: new")
+		h.log.WithField("data", ids.Quote(fmt.Sprint(r.DiscoveryData))).Debugf("discovery: new (type %d)", r.DiscoveryType)
 		return nil, nil
 	})
 	always(h, "NetworkDriver.DiscoverDelete", func(_ context.Context, r *network.DiscoveryNotification) (any, error) {
-		h.log.WithField("data", r.DiscoveryData).Debug("discovery: delete")
+		h.log.WithField("data", ids.Quote(fmt.Sprint(r.DiscoveryData))).Debugf("discovery: delete (type %d)", r.DiscoveryType)
 		return nil, nil
 	})
 	// Docker publishes ports itself through docker_gwbridge.

@@ -1,7 +1,9 @@
 // Package plugin speaks Docker's network-driver protocol
 // (docker.networkdriver/1.0): JSON over HTTP on a unix socket. It only
 // decodes requests, calls the driver with a deadline, and encodes answers;
-// errors become {"Err": "..."} here and nowhere else.
+// errors become {"Err": "..."} here and nowhere else. Oversized bodies and
+// IDs of a form Docker never makes are refused before the driver sees
+// them (limits.go).
 package plugin
 
 import (
@@ -153,21 +155,30 @@ func handleIPAM[Req any](h *Handler, route string, fn func(context.Context, IPAM
 func always[Req any](h *Handler, route string, fn func(context.Context, *Req) (any, error)) {
 	h.mux.HandleFunc("POST /"+route, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		log := h.log.WithField("route", route)
+		refuse := func(status int, err error) {
+			msg := message(err)
+			log.WithFields(logrus.Fields{"took": time.Since(start).Round(time.Microsecond), "status": status, logrus.ErrorKey: msg}).Warn("request refused")
+			reply(w, status, network.ErrorResponse{Err: msg})
+		}
 		req := new(Req)
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		if err := json.NewDecoder(r.Body).Decode(req); err != nil && !errors.Is(err, io.EOF) {
-			reply(w, http.StatusBadRequest, network.ErrorResponse{Err: fmt.Sprintf("vxnet: decode %s request: %v", route, err)})
+			refuse(decodeError(route, err))
+			return
+		}
+		if err := checkIDs(req); err != nil {
+			refuse(http.StatusBadRequest, err)
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 		defer cancel()
 		res, err := fn(ctx, req)
-		log := h.log.WithField("route", route).WithField("took", time.Since(start).Round(time.Microsecond))
 		if err != nil {
-			log.WithError(err).Warn("request refused")
-			reply(w, http.StatusInternalServerError, network.ErrorResponse{Err: message(err)})
+			refuse(http.StatusInternalServerError, err)
 			return
 		}
-		log.Debug("request served")
+		log.WithField("took", time.Since(start).Round(time.Microsecond)).Debug("request served")
 		if res == nil {
 			res = struct{}{}
 		}
@@ -175,14 +186,20 @@ func always[Req any](h *Handler, route string, fn func(context.Context, *Req) (a
 	})
 }
 
-// message is the one place errors become words for the Docker user.
+// message is the one place errors become words for the Docker user, cut
+// to maxMessage bytes.
 func message(err error) string {
+	var s string
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
-		return "vxnet: timed out: " + err.Error()
+		s = "vxnet: timed out: " + err.Error()
 	default:
-		return "vxnet: " + err.Error()
+		s = "vxnet: " + err.Error()
 	}
+	if len(s) > maxMessage {
+		s = fmt.Sprintf("%s… (%d bytes cut)", s[:maxMessage], len(s)-maxMessage)
+	}
+	return s
 }
 
 func reply(w http.ResponseWriter, status int, v any) {

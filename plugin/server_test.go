@@ -174,7 +174,7 @@ func TestReplayRecordedDocker(t *testing.T) {
 
 func TestErrorsReachDockerAsErr(t *testing.T) {
 	h := newHandler(&recorder{err: errors.New("option foo is unknown")})
-	code, out := post(t, h, "NetworkDriver.CreateNetwork", []byte(`{"NetworkID":"n"}`))
+	code, out := post(t, h, "NetworkDriver.CreateNetwork", []byte(`{"NetworkID":"`+swarmNID+`"}`))
 	if code != http.StatusInternalServerError || out["Err"] != "vxnet: option foo is unknown" {
 		t.Errorf("status %d, answer %v; want 500 with the driver's words", code, out)
 	}
@@ -200,7 +200,7 @@ func TestHandlersAreBoundedByTheirDeadline(t *testing.T) {
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
 	h := NewHandler(&slow{}, nil, "global", logrus.NewEntry(log), 50*time.Millisecond)
-	code, out := post(t, h, "NetworkDriver.Join", []byte(`{"NetworkID":"n","EndpointID":"e"}`))
+	code, out := post(t, h, "NetworkDriver.Join", []byte(`{"NetworkID":"`+swarmNID+`","EndpointID":"`+dockerEID+`"}`))
 	if code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(out["Err"]), "timed out") {
 		t.Errorf("status %d, answer %v; want a timeout error", code, out)
 	}
