@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vxnet/vxnet/internal/ids"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/vxlan"
 )
@@ -65,7 +66,7 @@ func parseOptions(raw map[string]string) (options, error) {
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return o, invalid("unknown option %s; vxnet accepts: %s", strings.Join(unknown, ", "), acceptedList())
+		return o, invalid("unknown option %s; vxnet accepts: %s", optionNames(unknown), acceptedList())
 	}
 	if v, ok := raw[OptEncrypted]; ok {
 		switch strings.ToLower(strings.TrimSpace(v)) {
@@ -73,19 +74,19 @@ func parseOptions(raw map[string]string) (options, error) {
 			o.encrypted = true
 		case "false", "0", "no":
 		default:
-			return o, invalid("option %s=%q: give it without a value (--opt encrypted) or as true/false", OptEncrypted, v)
+			return o, invalid("option %s=%s: give it without a value (--opt encrypted) or as true/false", OptEncrypted, ids.Quote(v))
 		}
 	}
 	if v, ok := raw[OptMTU]; ok {
 		mtu, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || mtu < minUnderlayMTU || mtu > 65535 {
-			return o, invalid("option %s=%q: want the underlay MTU in bytes, %d-65535, e.g. %s=1500", OptMTU, v, minUnderlayMTU, OptMTU)
+			return o, invalid("option %s=%s: want the underlay MTU in bytes, %d-65535, e.g. %s=1500", OptMTU, ids.Quote(v), minUnderlayMTU, OptMTU)
 		}
 		o.mtu = mtu
 	}
 	if v, ok := raw[OptName]; ok {
 		if !validName(v) {
-			return o, invalid("option %s=%q: want a name of 1-64 letters, digits, '.', '_' or '-'", OptName, v)
+			return o, invalid("option %s=%s: want a name of 1-%d letters, digits, '.', '_' or '-', starting with a letter or digit", OptName, ids.Quote(v), maxNameLen)
 		}
 		o.name = v
 	}
@@ -93,10 +94,10 @@ func parseOptions(raw map[string]string) (options, error) {
 		for _, f := range strings.Split(v, ",") {
 			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32)
 			if err != nil || n < 1 || n > peerdb.MaxVNI {
-				return o, invalid("option %s=%q: %q is not a VNI; want VNI[,VNI...] with each 1-%d", OptVNIs, v, f, peerdb.MaxVNI)
+				return o, invalid("option %s=%s: %s is not a VNI; want VNI[,VNI...] with each 1-%d", OptVNIs, ids.Quote(v), ids.Quote(f), peerdb.MaxVNI)
 			}
 			if slices.Contains(o.vnis, uint32(n)) {
-				return o, invalid("option %s=%q: VNI %d given twice", OptVNIs, v, n)
+				return o, invalid("option %s=%s: VNI %d given twice", OptVNIs, ids.Quote(v), n)
 			}
 			o.vnis = append(o.vnis, uint32(n))
 		}
@@ -104,16 +105,45 @@ func parseOptions(raw map[string]string) (options, error) {
 	return o, nil
 }
 
+// maxNameLen bounds OptName.
+const maxNameLen = 64
+
+// validName checks an OptName, which becomes part of the etcd key
+// "name.NAME": letters, digits, '.', '_' and '-', never '/' or NUL, and a
+// letter or digit first, so no name is "." or ".." or reads as a flag.
 func validName(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
+	if len(s) == 0 || len(s) > maxNameLen || !isAlnum(s[0]) {
 		return false
 	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(isAlnum(c) || c == '.' || c == '_' || c == '-') {
 			return false
 		}
 	}
 	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// maxUnknownNamed bounds how many unknown options an error names.
+const maxUnknownNamed = 5
+
+// optionNames lists unknown option keys for an error: as they are if they
+// read as names, else as a quoted prefix; at most maxUnknownNamed of them.
+func optionNames(keys []string) string {
+	var out []string
+	for _, k := range keys[:min(len(keys), maxUnknownNamed)] {
+		if !validName(k) {
+			k = ids.Quote(k)
+		}
+		out = append(out, k)
+	}
+	if len(keys) > maxUnknownNamed {
+		out = append(out, fmt.Sprintf("and %d more", len(keys)-maxUnknownNamed))
+	}
+	return strings.Join(out, ", ")
 }
 
 func acceptedList() string {
@@ -143,7 +173,7 @@ func parseSubnets(v4 []ipamData, hasV6 bool) ([]netip.Prefix, []netip.Addr, erro
 	for _, d := range v4 {
 		p, err := netip.ParsePrefix(d.Pool)
 		if err != nil || !p.Addr().Is4() {
-			return nil, nil, invalid("subnet %q is not an IPv4 CIDR", d.Pool)
+			return nil, nil, invalid("subnet %s is not an IPv4 CIDR", ids.Quote(d.Pool))
 		}
 		p = p.Masked()
 		for _, q := range pools {
@@ -157,7 +187,7 @@ func parseSubnets(v4 []ipamData, hasV6 bool) ([]netip.Prefix, []netip.Addr, erro
 			if err != nil {
 				a, err2 := netip.ParseAddr(d.Gateway)
 				if err2 != nil {
-					return nil, nil, invalid("gateway %q is not an IPv4 address", d.Gateway)
+					return nil, nil, invalid("gateway %s is not an IPv4 address", ids.Quote(d.Gateway))
 				}
 				g = netip.PrefixFrom(a, p.Bits())
 			}

@@ -24,6 +24,13 @@ func TestParseOptions(t *testing.T) {
 		{raw: map[string]string{OptVNIs: "5,5"}, wantErr: "given twice"},
 		{raw: map[string]string{"foo": "bar", "a": ""}, wantErr: "unknown option a, foo; vxnet accepts: " + OptMTU},
 		{raw: map[string]string{OptEncrypted: "maybe"}, wantErr: "give it without a value (--opt encrypted) or as true/false"},
+		{raw: map[string]string{OptName: "blue-1.a_b"}, wantVNIs: "[]"},
+		{raw: map[string]string{OptName: ".."}, wantErr: `option vxnet.network="..": want a name of 1-64 letters`},
+		{raw: map[string]string{OptName: "a/b"}, wantErr: `option vxnet.network="a/b": want a name`},
+		{raw: map[string]string{OptName: "x\x00y"}, wantErr: `option vxnet.network="x\x00y": want a name`},
+		{raw: map[string]string{OptName: "-o"}, wantErr: `option vxnet.network="-o": want a name`},
+		{raw: map[string]string{OptName: strings.Repeat("a", 65)}, wantErr: `option vxnet.network="aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"… (65 bytes): want a name`},
+		{raw: map[string]string{"../x": "", "b\nc": "", "c": "", "d": "", "e": "", "f": ""}, wantErr: `unknown option "../x", "b\nc", c, d, e, and 1 more; vxnet accepts`},
 	} {
 		o, err := parseOptions(tc.raw)
 		if tc.wantErr != "" {
