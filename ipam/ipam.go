@@ -32,6 +32,7 @@ import (
 	"sync"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/internal/ids"
 	"github.com/vxnet/vxnet/internal/statefile"
 	"github.com/vxnet/vxnet/peerdb"
 )
@@ -52,6 +53,9 @@ const (
 	typeGateway    = "com.docker.network.gateway"
 	optMAC         = "com.docker.network.endpoint.macaddress"
 )
+
+// maxPoolBits is the longest pool prefix: a /30 has two host addresses.
+const maxPoolBits = 30
 
 // AddressSpace is the only address space vxnet's IPAM offers.
 const AddressSpace = "vxnet"
@@ -160,15 +164,15 @@ func (a *Allocator) RequestPool(ctx context.Context, pool, subPool string, v6 bo
 		return "", invalid("vxnet IPAM needs --subnet: every host creates the network with the same subnet, which names the shared pool")
 	}
 	p, err := netip.ParsePrefix(pool)
-	if err != nil || !p.Addr().Is4() || p.Bits() > 30 {
-		return "", invalid("subnet %q: want an IPv4 CIDR of /30 or larger", pool)
+	if err != nil || !p.Addr().Is4() || p.Bits() > maxPoolBits {
+		return "", invalid("subnet %s: want an IPv4 CIDR of /30 or larger", ids.Quote(pool))
 	}
 	p = p.Masked()
 	var rng netip.Prefix
 	if subPool != "" {
 		r, err := netip.ParsePrefix(subPool)
 		if err != nil || !r.Addr().Is4() || !p.Contains(r.Masked().Addr()) || r.Bits() < p.Bits() {
-			return "", invalid("--ip-range %q is not an IPv4 range inside %s", subPool, p)
+			return "", invalid("--ip-range %s is not an IPv4 range inside %s", ids.Quote(subPool), p)
 		}
 		rng = r.Masked()
 	}
@@ -182,11 +186,13 @@ func (a *Allocator) RequestPool(ctx context.Context, pool, subPool string, v6 bo
 	return p.String(), nil
 }
 
-// ReleasePool gives up this node's use of the pool.
+// ReleasePool gives up this node's use of the pool. A pool ID not of the
+// form RequestPool returns cannot be vxnet's: it is refused, and nothing
+// is touched.
 func (a *Allocator) ReleasePool(ctx context.Context, poolID string) error {
 	p, err := parsePoolID(poolID)
 	if err != nil {
-		return nil // not ours: nothing to release
+		return err
 	}
 	return a.store.ReleasePool(ctx, p, a.node)
 }
@@ -215,7 +221,7 @@ func (a *Allocator) RequestAddress(ctx context.Context, poolID, addr string, opt
 	}
 	ip, err := netip.ParseAddr(addr)
 	if err != nil || !p.Contains(ip) || ip == p.Addr() || ip == broadcast(p) {
-		return "", invalid("address %q is not a host address of %s", addr, p)
+		return "", invalid("address %s is not a host address of %s", ids.Quote(addr), p)
 	}
 	got, holder, err := a.store.ClaimAddress(ctx, p, ip, claim)
 	if err != nil {
@@ -274,19 +280,22 @@ func (a *Allocator) dynamic(ctx context.Context, p netip.Prefix, claim peerdb.Cl
 }
 
 // ReleaseAddress frees a container's address held by this node. Shared
-// gateway and aux claims stay until the pool goes.
+// gateway and aux claims stay until the pool goes. A malformed pool ID, or
+// an address (with or without length) outside the pool, cannot be one
+// vxnet handed out: it is refused, and nothing is touched.
 func (a *Allocator) ReleaseAddress(ctx context.Context, poolID, addr string) error {
 	p, err := parsePoolID(poolID)
 	if err != nil {
-		return nil
+		return err
 	}
 	ip, err := netip.ParseAddr(addr)
 	if err != nil {
 		if pr, err2 := netip.ParsePrefix(addr); err2 == nil {
 			ip = pr.Addr()
-		} else {
-			return nil
 		}
+	}
+	if !p.Contains(ip) {
+		return invalid("address %s is not an address of pool %s", ids.Quote(addr), p)
 	}
 	if err := a.store.ReleaseAddress(ctx, p, ip, a.node); err != nil {
 		return err
@@ -295,10 +304,13 @@ func (a *Allocator) ReleaseAddress(ctx context.Context, poolID, addr string) err
 	return nil
 }
 
+// parsePoolID reads a pool ID as RequestPool makes it, the pool's subnet
+// in canonical form (such as 198.18.0.0/24), since it becomes part of
+// etcd keys. Anything else was not made by vxnet and is refused.
 func parsePoolID(id string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(id)
-	if err != nil || !p.Addr().Is4() {
-		return netip.Prefix{}, invalid("pool %q was not made by vxnet IPAM", id)
+	if err != nil || !p.Addr().Is4() || p.Bits() > maxPoolBits || p != p.Masked() || p.String() != id {
+		return netip.Prefix{}, invalid("pool %s was not made by vxnet IPAM (want a subnet such as 198.18.0.0/24)", ids.Quote(id))
 	}
 	return p, nil
 }

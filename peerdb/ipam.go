@@ -47,6 +47,21 @@ func (e *PoolConflictError) Error() string {
 
 func poolKey(p netip.Prefix) string { return strings.ReplaceAll(p.String(), "/", "_") }
 
+// checkPool refuses a pool, or an address in it, that cannot be one of
+// vxnet's IPAM before it becomes part of an etcd key: pools are IPv4
+// subnets in canonical form, addresses lie inside them.
+func checkPool(pool netip.Prefix, addrs ...netip.Addr) error {
+	if !pool.IsValid() || !pool.Addr().Is4() || pool != pool.Masked() {
+		return fmt.Errorf("pool %s is not an IPv4 subnet", pool)
+	}
+	for _, a := range addrs {
+		if !pool.Contains(a) {
+			return fmt.Errorf("address %s is not in pool %s", a, pool)
+		}
+	}
+	return nil
+}
+
 func (s *Store) poolKey(p netip.Prefix) string { return s.prefix + "/ipam/pools/" + poolKey(p) }
 func (s *Store) addrsPrefix(p netip.Prefix) string {
 	return s.prefix + "/ipam/addrs/" + poolKey(p) + "/"
@@ -93,6 +108,9 @@ func (s *Store) casLoop(ctx context.Context, key, what string, fn func(cur []byt
 // another range is refused with a PoolConflictError.
 func (s *Store) AcquirePool(ctx context.Context, pool, rng netip.Prefix, node string) (Pool, error) {
 	var out Pool
+	if err := checkPool(pool); err != nil {
+		return out, err
+	}
 	err := s.casLoop(ctx, s.poolKey(pool), "acquire pool "+pool.String(), func(cur []byte) ([]clientv3.Op, bool, error) {
 		p := Pool{Pool: pool, Range: rng}
 		if cur != nil {
@@ -117,12 +135,18 @@ func (s *Store) AcquirePool(ctx context.Context, pool, rng netip.Prefix, node st
 
 // GetPool reads the record of pool.
 func (s *Store) GetPool(ctx context.Context, pool netip.Prefix) (Pool, bool, error) {
+	if err := checkPool(pool); err != nil {
+		return Pool{}, false, err
+	}
 	return getJSON[Pool](ctx, s, s.poolKey(pool), "pool "+pool.String())
 }
 
 // ReleasePool drops node from the users of pool; the last user's release
 // deletes the pool and every address claimed in it, in one transaction.
 func (s *Store) ReleasePool(ctx context.Context, pool netip.Prefix, node string) error {
+	if err := checkPool(pool); err != nil {
+		return err
+	}
 	return s.casLoop(ctx, s.poolKey(pool), "release pool "+pool.String(), func(cur []byte) ([]clientv3.Op, bool, error) {
 		if cur == nil {
 			return nil, true, nil
@@ -150,6 +174,9 @@ func (s *Store) ReleasePool(ctx context.Context, pool netip.Prefix, node string)
 // ClaimAddress claims addr in pool for c if nobody holds it. It returns
 // whether c got it and, if not, the claim that holds it.
 func (s *Store) ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, c Claim) (bool, Claim, error) {
+	if err := checkPool(pool, addr); err != nil {
+		return false, Claim{}, err
+	}
 	cli, err := s.client(ctx)
 	if err != nil {
 		return false, Claim{}, err
@@ -181,6 +208,9 @@ func (s *Store) ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.
 
 // Claimed lists the addresses claimed in pool.
 func (s *Store) Claimed(ctx context.Context, pool netip.Prefix) (map[netip.Addr]Claim, error) {
+	if err := checkPool(pool); err != nil {
+		return nil, err
+	}
 	cli, err := s.client(ctx)
 	if err != nil {
 		return nil, err
@@ -206,6 +236,9 @@ func (s *Store) Claimed(ctx context.Context, pool netip.Prefix) (map[netip.Addr]
 // Shared claims (gateway, reserved) go with the pool; another node's claim
 // is never touched. Nothing to free is done.
 func (s *Store) ReleaseAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, node string) error {
+	if err := checkPool(pool, addr); err != nil {
+		return err
+	}
 	key := s.addrKey(pool, addr)
 	return s.casLoop(ctx, key, "release address "+addr.String(), func(cur []byte) ([]clientv3.Op, bool, error) {
 		if cur == nil {
