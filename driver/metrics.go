@@ -37,6 +37,8 @@ var (
 	descPending    = prometheus.NewDesc("vxnet_pending_etcd_writes", "Own endpoint changes gossiped but not yet written to etcd.", nil, nil)
 	descEpoch      = prometheus.NewDesc("vxnet_ipsec_epoch", "The key epoch this node holds inbound SAs for.", nil, nil)
 	descSAs        = prometheus.NewDesc("vxnet_ipsec_sas", "IPsec SAs this node programmed, by direction (in, out).", []string{"direction"}, nil)
+	descConflicts  = prometheus.NewDesc("vxnet_peer_conflicts", "Records of attached networks left unprogrammed because an older claim or this host holds their IP or MAC (vxnet check lists them).", nil, nil)
+	descRefused    = prometheus.NewDesc("vxnet_peer_records_refused_total", "Peer records and gossip messages refused, by reason (the log names each).", []string{"reason"}, nil)
 )
 
 // Collector returns the driver's metrics for a Prometheus registry.
@@ -45,7 +47,7 @@ func (d *Driver) Collector() prometheus.Collector { return (*collector)(d) }
 type collector Driver
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced, descMembers, descPending, descEpoch, descSAs} {
+	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced, descMembers, descPending, descEpoch, descSAs, descConflicts, descRefused} {
 		ch <- desc
 	}
 	c.metrics.programErrors.Describe(ch)
@@ -64,6 +66,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for nid, v := range per {
 			ch <- prometheus.MustNewConstMetric(descProgrammed, prometheus.GaugeValue, v, nid)
 		}
+	}
+	d.mu.Lock()
+	conflicts, refused := len(d.table.Conflicts()), d.table.Refused()
+	d.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(conflicts))
+	for reason, n := range refused {
+		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(n), reason)
 	}
 	st := d.Status(context.Background())
 	ch <- prometheus.MustNewConstMetric(descLocal, prometheus.GaugeValue, float64(st.Endpoints))
