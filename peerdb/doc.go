@@ -8,7 +8,8 @@
 //	networks/<nid>        Network: subnets, VNIs (one per subnet), options, users
 //	vnis/<vni, 8 digits>  the nid holding the VNI: the allocation claim
 //	endpoints/<nid>/<eid> Endpoint: IP, MAC, VTEP, node, version (leased)
-//	nodes/<name>          Node: data and control addresses of a plugin (leased)
+//	nodes/<name>          Node: data and control addresses, gossip public key (leased)
+//	gossip/key            the cluster's serf key, base64
 //	ipam/pools/<pool>     Pool: an IPAM pool, its --ip-range and its users
 //	ipam/addrs/<pool>/<ip> Claim: who holds an address (containers' leased)
 //
@@ -31,27 +32,57 @@
 // the new table lacks. serf (Gossip) carries the same changes to every
 // node in milliseconds and needs no etcd: a node announces each change of
 // its own endpoints by gossip first, then writes it to etcd, and queues the
-// write if etcd does not answer.
+// write if etcd does not answer. Node records are watched the same way;
+// endpoint records are checked against them.
+//
+// # Who may say what
+//
+// A host speaks only for itself:
+//
+//   - serf runs with the cluster's gossip key (kept at gossip/key in etcd,
+//     made by the first node that needs it, or VXNET_GOSSIP_KEY): a host
+//     without it can neither join nor be heard;
+//   - every announcement is signed with its node's Ed25519 key, whose
+//     public half is in the node's record; it may put or delete only that
+//     node's own records;
+//   - an etcd record's identity is its key (endpoints/<nid>/<eid>), never
+//     what its body says; its owner is the node named in it, which must
+//     have a node record, hold the record's lease, own the data address
+//     the record names as VTEP (the first node to claim an address holds
+//     it) and be another node than this one;
+//   - VTEPs are unicast and routable, MACs unicast and non-zero, and an IP
+//     is a host address of a subnet of its network; a remote record never
+//     takes a gateway or an address or MAC of this host's own endpoints.
+//
+// A record that breaks a rule is held but never programmed, logged once
+// with its reason and counted (vxnet_peer_records_refused_total).
 //
 // # Merge rule
 //
-// Only an endpoint's owner changes its record, and each change carries a
-// Version larger than the owner's previous one (the owner's clock in
-// nanoseconds, or one more than its last version, whichever is larger).
-// A receiver, whichever source a change comes from:
+// Table applies it; nothing else does. For each endpoint key:
 //
-//   - takes a put only if its version is larger than the version it holds
-//     for that endpoint, and larger than any deletion it remembers;
-//   - takes a gossiped delete only if its version is at least the held
-//     one, and remembers it (a tombstone, kept 10 minutes) so a late,
-//     older put cannot resurrect the endpoint;
-//   - takes an etcd delete, or a full table that lacks the endpoint,
-//     unless the record it holds came by gossip in the last minute with a
-//     version etcd never had: then the owner's write is still on its way
-//     (etcd was unreachable), and etcd's view is the older one.
+//   - etcd's record is what the last etcd event (in revision order) or
+//     full table said; a record whose version is more than
+//     MaxVersionAhead past this node's clock counts as absent, so no
+//     version can win forever;
+//   - a gossiped change (put or delete) is held beside it, provisionally,
+//     if its version is larger than etcd's record's, than any change heard
+//     before, and than the version of a deletion etcd made (remembered for
+//     TombLife, so a late put cannot bring a record back);
+//   - the record in force is the provisional change while its version is
+//     larger than etcd's, else etcd's record. A provisional change goes
+//     once etcd holds its version or newer, and once etcd has answered for
+//     GossipGrace without confirming it: the owner had that long to write
+//     it. So once etcd is reachable, every node ends with what etcd holds,
+//     whatever order events came in (TestTableConverges).
 //
-// Within etcd alone, events of one key arrive in revision order, and a
-// record also carries the revision that wrote it for equal versions.
+// Two records in force that claim one IP or one MAC of a network are
+// settled the same way on every node: the key etcd created first keeps
+// it (a record etcd has not confirmed comes after every one it has, then
+// by key); the other is not programmed, and vxnet check and the metric
+// vxnet_peer_conflicts report it. The kernel of each attached network
+// holds exactly the winners (Table.Desired); Changes say what to remove
+// and add as they change.
 //
 // # Availability
 //
