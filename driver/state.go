@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,10 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/internal/ids"
 	"github.com/vxnet/vxnet/internal/statefile"
+	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/vxlan"
 )
 
@@ -17,6 +21,27 @@ import (
 // CreateEndpoint or Join to a plugin that restarts: whatever the plugin
 // knew must come back from disk. The kernel state (pinned namespaces)
 // outlives the process; the file says what it belongs to.
+//
+// The file is written atomically and synced (package statefile), but it
+// is still read as untrusted input: a disk error, a hand edit or a bug
+// must cost at most the entries it touched, never a live container's
+// namespace. Restore therefore
+//
+//   - skips a bad entry with a log line, repairing what it can (a MAC,
+//     interface name or VNI that can be worked out again), and takes
+//     whatever it can from a truncated or unreadable file;
+//   - removes a pinned namespace only on evidence that nothing uses it:
+//     the file, read whole, records its network with no attached endpoint
+//     and nothing of it was lost; or etcd answers that neither the network
+//     nor any endpoint of this node in it exists any more. Any other
+//     namespace is kept;
+//   - when in doubt, reads this node's own endpoint records (and, for a
+//     network the file lost, the network record) from etcd, and rebuilds
+//     the networks and endpoints they show;
+//   - counts attachments it knows exist but cannot name (an attached
+//     endpoint whose entry was lost and that etcd does not show) as
+//     unnamed: they keep the namespace until Docker deletes the network,
+//     and are saved as such, so the doubt outlives the next restart too.
 
 type savedState struct {
 	Networks []savedNetwork `json:"networks"`
@@ -29,6 +54,9 @@ type savedNetwork struct {
 	Encrypted bool            `json:"encrypted,omitempty"`
 	Subnets   []vxlan.Subnet  `json:"subnets"`
 	Endpoints []savedEndpoint `json:"endpoints"`
+	// Unnamed counts attachments whose endpoints this node lost track of
+	// (see above); the namespace stays while it is above 0.
+	Unnamed int `json:"unnamed_attachments,omitempty"`
 }
 
 type savedEndpoint struct {
@@ -49,11 +77,14 @@ func (d *Driver) save() {
 	}
 	var st savedState
 	for _, n := range d.networks {
-		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Encrypted: n.encrypted, Subnets: n.subnets}
+		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Encrypted: n.encrypted, Subnets: n.subnets, Unnamed: n.attached}
 		for _, ep := range n.endpoints {
 			sn.Endpoints = append(sn.Endpoints, savedEndpoint{
 				EID: ep.eid, Addr: ep.addr, MAC: ep.mac.String(), VNI: ep.vni, IfName: ep.ifName, Attached: ep.attached,
 			})
+			if ep.attached {
+				sn.Unnamed--
+			}
 		}
 		st.Networks = append(st.Networks, sn)
 	}
@@ -62,70 +93,293 @@ func (d *Driver) save() {
 	}
 }
 
-// Restore loads the state a previous run saved and checks it against the
-// kernel: an endpoint counts as attached only if its network's namespace
-// still exists (a host reboot empties /run). Pinned namespaces that belong
-// to no attached network are removed. Call it before serving Docker; the
-// first full table from etcd then reconciles every attached network's
-// peers.
-func (d *Driver) Restore() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.cfg.StateFile == "" {
-		return nil
+// The loose forms below read the file field by field, so that one field
+// of the wrong type or form costs its entry, not the file.
+
+type looseNetwork struct {
+	NID       string            `json:"nid"`
+	CID       string            `json:"cid"`
+	MTU       int               `json:"mtu"`
+	Encrypted bool              `json:"encrypted"`
+	Subnets   []looseSubnet     `json:"subnets"`
+	Endpoints []json.RawMessage `json:"endpoints"`
+	Unnamed   int               `json:"unnamed_attachments"`
+}
+
+type looseSubnet struct {
+	VNI     uint32
+	Prefix  string
+	Gateway string
+}
+
+type looseEndpoint struct {
+	EID      string `json:"eid"`
+	Addr     string `json:"addr"`
+	MAC      string `json:"mac"`
+	VNI      uint32 `json:"vni"`
+	IfName   string `json:"ifname"`
+	Attached bool   `json:"attached"`
+}
+
+// decodeNetworks returns the network entries of a state file. It reads
+// entry by entry, so a file cut short (or spoiled part way) still yields
+// the entries before the damage, with an error saying where it stopped.
+func decodeNetworks(b []byte) ([]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, fmt.Errorf("not a JSON object (%v)", err)
 	}
-	b, err := os.ReadFile(d.cfg.StateFile)
-	if errors.Is(err, os.ErrNotExist) {
-		b = []byte("{}")
-	} else if err != nil {
-		return fmt.Errorf("read node state: %w", err)
-	}
-	var st savedState
-	if err := json.Unmarshal(b, &st); err != nil {
-		aside := d.cfg.StateFile + ".corrupt"
-		d.log.WithError(err).Errorf("node state unreadable; moved to %s, starting empty", aside)
-		os.Rename(d.cfg.StateFile, aside)
-		st = savedState{}
-	}
-	for _, sn := range st.Networks {
-		n := &network{nid: sn.NID, cid: sn.CID, mtu: sn.MTU, encrypted: sn.Encrypted, subnets: sn.Subnets, endpoints: map[string]*endpoint{}}
-		if n.cid == "" {
-			n.cid = n.nid
+	var out []json.RawMessage
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return out, err
 		}
-		present := d.plane.HasNetwork(sn.NID)
-		for _, se := range sn.Endpoints {
-			mac, err := net.ParseMAC(se.MAC)
-			if err != nil {
-				return fmt.Errorf("node state: endpoint %s: %w", se.EID, err)
+		if tok != "networks" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return out, err
 			}
-			ep := &endpoint{eid: se.EID, addr: se.Addr, mac: mac, vni: se.VNI, ifName: se.IfName, attached: se.Attached && present}
+			continue
+		}
+		if tok, err := dec.Token(); err != nil || (tok != json.Delim('[') && tok != nil) {
+			return out, fmt.Errorf("networks is not a list (%v)", err)
+		} else if tok == nil {
+			continue // "networks": null, as an empty state is saved
+		}
+		for dec.More() {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return out, fmt.Errorf("after %d network entries: %w", len(out), err)
+			}
+			out = append(out, raw)
+		}
+		if _, err := dec.Token(); err != nil {
+			return out, err
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// restoring is what Restore learns while it reads the state, the kernel
+// and etcd.
+type restoring struct {
+	whole  bool            // the file was read whole (or there was none)
+	doubt  map[string]bool // networks whose entries lost something
+	broken map[string][]looseEndpoint
+	// Counts for the summary.
+	skipped, repaired, recovered, kept int
+}
+
+// skip logs an entry Restore leaves out.
+func (d *Driver) skip(r *restoring, f logrus.Fields, err error, what string) {
+	r.skipped++
+	d.log.WithFields(f).WithError(err).Warn("node state: skipping " + what)
+}
+
+// loadState reads the state file into d.networks. d.mu must be held.
+func (d *Driver) loadState(r *restoring) {
+	path := d.cfg.StateFile
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		r.whole = false
+		d.log.WithError(err).Error("node state unreadable; keeping every pinned namespace, recovering from them and etcd")
+		return
+	}
+	raws, err := decodeNetworks(b)
+	if err != nil {
+		r.whole = false
+		aside := path + ".corrupt"
+		if werr := statefile.WriteBytes(aside, b); werr != nil {
+			aside = "(not kept: " + werr.Error() + ")"
+		}
+		d.log.WithError(err).WithField("copy", aside).
+			Errorf("node state damaged; took the %d network entries before the damage, keeping every pinned namespace, recovering the rest from them and etcd", len(raws))
+	}
+	for _, raw := range raws {
+		d.loadNetwork(r, raw)
+	}
+}
+
+// loadNetwork takes one network entry. d.mu must be held.
+func (d *Driver) loadNetwork(r *restoring, raw json.RawMessage) {
+	var sn looseNetwork
+	if err := json.Unmarshal(raw, &sn); err != nil {
+		d.skip(r, nil, err, "an undecodable network entry")
+		return
+	}
+	f := logrus.Fields{"nid": ids.Quote(sn.NID)}
+	if err := ids.Network(sn.NID); err != nil {
+		d.skip(r, f, err, "a network entry")
+		return
+	}
+	if _, dup := d.networks[sn.NID]; dup {
+		d.skip(r, f, errors.New("listed twice"), "a network entry")
+		return
+	}
+	n, err := d.checkNetwork(sn)
+	if err != nil {
+		d.skip(r, f, err, "a network entry")
+		r.doubt[sn.NID] = true
+		return
+	}
+	if n.mtu < 68 || n.mtu > 65535 {
+		mtu, err := d.defaultMTU(n.encrypted)
+		if err != nil {
+			d.skip(r, f, err, "a network entry")
+			r.doubt[sn.NID] = true
+			return
+		}
+		d.log.WithFields(f).Warnf("node state: MTU %d repaired to %d", n.mtu, mtu)
+		r.repaired++
+		n.mtu = mtu
+	}
+	present := d.plane.HasNetwork(n.nid)
+	for _, raw := range sn.Endpoints {
+		var se looseEndpoint
+		if err := json.Unmarshal(raw, &se); err != nil {
+			// Whether it was attached is lost with it: assume it was.
+			d.skip(r, f, err, "an undecodable endpoint entry")
+			se.Attached = true
+		} else if err := ids.Endpoint(se.EID); err != nil {
+			d.skip(r, logrus.Fields{"nid": n.nid, "eid": ids.Quote(se.EID)}, err, "an endpoint entry")
+		} else if _, dup := n.endpoints[se.EID]; dup {
+			d.skip(r, logrus.Fields{"nid": n.nid, "eid": se.EID}, errors.New("listed twice"), "an endpoint entry")
+			continue
+		} else if ep, err := d.checkEndpoint(r, n, se); err != nil {
+			// Perhaps etcd still has its record: recoverFromEtcd looks.
+			r.broken[n.nid] = append(r.broken[n.nid], se)
+			d.log.WithFields(logrus.Fields{"nid": n.nid, "eid": se.EID}).WithError(err).Warn("node state: bad endpoint entry; looking for its record in etcd")
+			r.doubt[n.nid] = true
+			continue
+		} else {
+			ep.attached = se.Attached && present
 			if ep.attached {
 				n.attached++
 			}
 			n.endpoints[ep.eid] = ep
+			continue
 		}
-		d.networks[n.nid] = n
-		if n.encrypted && n.attached > 0 {
-			if d.cfg.Encryption == nil {
-				return fmt.Errorf("node state holds encrypted network %s, but encryption is off", n.nid)
+		r.doubt[n.nid] = true
+		if se.Attached && present {
+			n.attached++ // unnamed
+		}
+	}
+	if present && sn.Unnamed > 0 {
+		n.attached += min(sn.Unnamed, 1<<16)
+	}
+	d.networks[n.nid] = n
+}
+
+// checkNetwork turns an entry into a network without endpoints, or says
+// what is wrong with it.
+func (d *Driver) checkNetwork(sn looseNetwork) (*network, error) {
+	n := &network{nid: sn.NID, cid: sn.CID, mtu: sn.MTU, encrypted: sn.Encrypted, endpoints: map[string]*endpoint{}}
+	if n.cid == "" {
+		n.cid = n.nid
+	}
+	if n.cid != n.nid && !(len(n.cid) > 5 && n.cid[:5] == "name." && validName(n.cid[5:])) {
+		return nil, fmt.Errorf("cluster ID %s is neither the network ID nor name.NAME", ids.Quote(n.cid))
+	}
+	if len(sn.Subnets) == 0 {
+		return nil, errors.New("no subnet")
+	}
+	for _, s := range sn.Subnets {
+		p, err := netip.ParsePrefix(s.Prefix)
+		if err != nil || !p.Addr().Is4() || p != p.Masked() {
+			return nil, fmt.Errorf("subnet %s is not an IPv4 network", ids.Quote(s.Prefix))
+		}
+		if s.VNI < 1 || s.VNI > peerdb.MaxVNI {
+			return nil, fmt.Errorf("subnet %s has VNI %d", p, s.VNI)
+		}
+		var gw netip.Addr
+		if s.Gateway != "" {
+			if gw, err = netip.ParseAddr(s.Gateway); err != nil || !p.Contains(gw) {
+				return nil, fmt.Errorf("gateway %s is not in subnet %s", ids.Quote(s.Gateway), p)
 			}
-			if err := d.cfg.Encryption.restore(n.vnis()); err != nil {
-				return err
+		}
+		for _, o := range n.subnets {
+			if o.Prefix.Overlaps(p) || o.VNI == s.VNI {
+				return nil, fmt.Errorf("subnets %s and %s overlap or share a VNI", o.Prefix, p)
+			}
+		}
+		n.subnets = append(n.subnets, vxlan.Subnet{VNI: s.VNI, Prefix: p, Gateway: gw})
+	}
+	if len(n.subnets) > 1 {
+		for _, s := range n.subnets {
+			if !s.Gateway.IsValid() {
+				return nil, fmt.Errorf("subnet %s of several has no gateway", s.Prefix)
 			}
 		}
 	}
-	pinned, err := d.plane.Networks()
+	return n, nil
+}
+
+// checkEndpoint turns an entry into an endpoint of n, repairing what can
+// be worked out again (with a log line), or says what is wrong with it.
+func (d *Driver) checkEndpoint(r *restoring, n *network, se looseEndpoint) (*endpoint, error) {
+	addr, err := netip.ParsePrefix(se.Addr)
+	if err != nil || !addr.Addr().Is4() {
+		return nil, fmt.Errorf("address %s is not an IPv4 CIDR", ids.Quote(se.Addr))
+	}
+	s, ok := n.subnetOf(addr.Addr())
+	if !ok || addr.Bits() != s.Prefix.Bits() {
+		return nil, fmt.Errorf("address %s is in no subnet of the network", addr)
+	}
+	ep := &endpoint{eid: se.EID, addr: addr, vni: se.VNI, ifName: se.IfName}
+	log := d.log.WithFields(logrus.Fields{"nid": n.nid, "eid": se.EID})
+	if ep.mac, err = peerdb.CheckMAC(se.MAC); err != nil {
+		// Only a repair if nobody knows better: etcd's record wins.
+		return nil, err
+	}
+	if ep.vni != s.VNI {
+		log.Warnf("node state: VNI %d repaired to %d, its subnet's", ep.vni, s.VNI)
+		r.repaired++
+		ep.vni = s.VNI
+	}
+	if !validIfName(ep.ifName) {
+		log.Warnf("node state: interface name %s repaired to %s", ids.Quote(ep.ifName), ifNameFor(ep.eid))
+		r.repaired++
+		ep.ifName = ifNameFor(ep.eid)
+	}
+	return ep, nil
+}
+
+// validIfName reports whether s can be a Linux interface name vxnet made.
+func validIfName(s string) bool {
+	if len(s) == 0 || len(s) > 15 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(isAlnum(c) || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// defaultMTU is the overlay MTU of a network made without the MTU option.
+func (d *Driver) defaultMTU(encrypted bool) (int, error) {
+	return overlayMTU(d.cfg.Underlay.MTU, encrypted)
+}
+
+// endpointFromRecord makes an attached endpoint of n from this node's
+// record of it in etcd.
+func endpointFromRecord(n *network, rec peerdb.Endpoint) (*endpoint, error) {
+	s, ok := n.subnetOf(rec.IP)
+	if !ok {
+		return nil, fmt.Errorf("its address %s is in no subnet of the network", rec.IP)
+	}
+	mac, err := peerdb.CheckMAC(rec.MAC)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, nid := range pinned {
-		if n, ok := d.networks[nid]; !ok || n.attached == 0 {
-			d.log.WithField("nid", nid).Info("removing a namespace no endpoint uses")
-			if err := d.plane.RemoveNetwork(nid); err != nil {
-				return err
-			}
-		}
-	}
-	d.log.WithField("networks", len(d.networks)).Info("node state restored")
-	return nil
+	return &endpoint{eid: rec.EID, addr: netip.PrefixFrom(rec.IP, s.Prefix.Bits()), mac: net.HardwareAddr(mac), vni: s.VNI,
+		ifName: ifNameFor(rec.EID), attached: true}, nil
 }
