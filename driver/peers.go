@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/vxnet/vxnet/peerdb"
@@ -16,15 +17,17 @@ import (
 const tickEvery = time.Second
 
 // Run applies the cluster's endpoint table to this node's kernel until ctx
-// ends: one loop, fed by the store's endpoint and node watches and by
+// ends, and returns once its watches have: one loop, fed by the store's endpoint and node watches and by
 // gossip, merges each event into the table (peerdb.Table) under the
 // driver lock and programs the kernel changes it returns. It also retries
 // own changes etcd could not take.
 func (d *Driver) Run(ctx context.Context) {
 	updates := make(chan peerdb.Update)
 	nodes := make(chan peerdb.NodeUpdate)
-	go d.store.WatchEndpoints(ctx, updates)
-	go d.store.WatchNodes(ctx, nodes)
+	var watches sync.WaitGroup
+	defer watches.Wait() // they return once ctx has ended
+	watches.Go(func() { d.store.WatchEndpoints(ctx, updates) })
+	watches.Go(func() { d.store.WatchNodes(ctx, nodes) })
 	// Networks restored from the state file are attached already: the
 	// table takes them in now, and their kernels are reconciled with the
 	// first full table.

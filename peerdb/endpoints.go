@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/retry"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -95,26 +96,36 @@ func (s *Store) WatchEndpoints(ctx context.Context, out chan<- Update) {
 	})
 }
 
+// watchRetry paces the re-listing of a prefix after its watch failed.
+var watchRetry = retry.Policy{First: 200 * time.Millisecond, Max: 5 * time.Second}
+
+const (
+	// listTimeout bounds the list that starts a watch.
+	listTimeout = 10 * time.Second
+	// watchHealthy is how long a watch must have run for its end to count
+	// as a fresh failure (the waits start over).
+	watchHealthy = 30 * time.Second
+)
+
 // watchPrefix hands the keys under prefix to list, then the events of each
 // watch response to changes, re-listing whenever the watch fails (lost
 // leader, compaction), until ctx ends. A callback returns false when ctx
 // ended while it delivered.
 func (s *Store) watchPrefix(ctx context.Context, prefix, what string,
 	list func([]*mvccpb.KeyValue, int64) bool, changes func([]*clientv3.Event, int64) bool) {
-	backoff := 200 * time.Millisecond
-	for ctx.Err() == nil {
+	retry.Until(ctx, watchRetry, func() error {
+		started := time.Now()
 		err := s.watchOnce(ctx, prefix, what, list, changes)
-		if ctx.Err() != nil {
-			return
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case time.Since(started) > watchHealthy:
+			return retry.Fresh(err, watchRetry)
 		}
-		s.log.WithError(err).Warnf("%s watch ended; listing again", what)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+		return err
+	}, func(err error, next time.Duration) {
+		s.log.WithError(err).Warnf("%s watch ended; listing again in %s", what, next.Round(time.Millisecond))
+	})
 }
 
 func (s *Store) watchOnce(ctx context.Context, prefix, what string,
@@ -123,7 +134,7 @@ func (s *Store) watchOnce(ctx context.Context, prefix, what string,
 	if err != nil {
 		return err
 	}
-	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	lctx, cancel := context.WithTimeout(ctx, listTimeout)
 	resp, err := cli.Get(lctx, prefix, clientv3.WithPrefix())
 	cancel()
 	if err != nil {

@@ -2,12 +2,14 @@ package peerdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/retry"
 	"github.com/vxnet/vxnet/internal/statefile"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -21,16 +23,24 @@ import (
 // its records lapse. A node whose lease lapsed anyway (cut off for longer
 // than the TTL) gets a new one and its owners re-register (OnNewLease).
 
+// leaseRetry paces the attempts to take a lease while etcd does not grant
+// one, and after a lease is lost.
+var leaseRetry = retry.Policy{First: 200 * time.Millisecond, Max: 2 * time.Second}
+
+// leaseTimeout bounds one attempt to take back or grant the lease.
+const leaseTimeout = 10 * time.Second
+
+// errLeaseLost ends a keepalive stream that etcd closed.
+var errLeaseLost = errors.New("node lease lost (expired or revoked); taking a new one and registering again")
+
 // leaseLoop keeps the node's lease alive for as long as ctx lasts.
 func (s *Store) leaseLoop(ctx context.Context, cli *clientv3.Client) {
 	defer s.wg.Done()
 	first := true
-	for ctx.Err() == nil {
+	retry.Until(ctx, leaseRetry, func() error {
 		id, reused, err := s.takeLease(ctx, cli)
 		if err != nil {
-			s.log.WithError(err).Warn("node lease; retrying")
-			sleep(ctx, time.Second)
-			continue
+			return err
 		}
 		renewed := !first || !reused // the node's leased records are gone
 		first = false
@@ -45,9 +55,7 @@ func (s *Store) leaseLoop(ctx context.Context, cli *clientv3.Client) {
 		s.leaseMu.Unlock()
 		s.log.WithField("lease", fmt.Sprintf("%x", id)).WithField("reused", reused).Info("node lease held")
 		if renewed {
-			for _, fn := range hooks {
-				go fn()
-			}
+			s.runHooks(hooks)
 		}
 		ch, err := cli.KeepAlive(ctx, id)
 		if err == nil {
@@ -55,16 +63,31 @@ func (s *Store) leaseLoop(ctx context.Context, cli *clientv3.Client) {
 				s.answered()
 			}
 		}
-		if ctx.Err() == nil {
-			s.log.WithField("lease", fmt.Sprintf("%x", id)).Warn("node lease lost (expired or revoked); taking a new one and registering again")
+		if ctx.Err() != nil {
+			return nil
 		}
-	}
+		return retry.Fresh(errLeaseLost, leaseRetry)
+	}, func(err error, next time.Duration) {
+		s.log.WithError(err).Warnf("node lease; trying again in %s", next.Round(time.Millisecond))
+	})
+}
+
+// runHooks runs the OnNewLease functions, in order, in a goroutine the
+// store waits for on Close.
+func (s *Store) runHooks(hooks []func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for _, fn := range hooks {
+			fn()
+		}
+	}()
 }
 
 // takeLease reuses the lease named in the lease file if etcd still has it,
 // or grants a new one and records it.
 func (s *Store) takeLease(ctx context.Context, cli *clientv3.Client) (clientv3.LeaseID, bool, error) {
-	c, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, cancel := context.WithTimeout(ctx, leaseTimeout)
 	defer cancel()
 	if s.cfg.LeaseFile != "" {
 		if b, err := os.ReadFile(s.cfg.LeaseFile); err == nil {
@@ -109,22 +132,16 @@ func (s *Store) leased(ctx context.Context) (clientv3.OpOption, error) {
 	return clientv3.WithLease(s.lease), nil
 }
 
-// OnNewLease registers fn to run (in its own goroutine) whenever the node
-// gets a lease other than the one its records were under: they are gone
-// and fn must write them again. If that already happened before fn was
+// OnNewLease registers fn to run whenever the node gets a lease other
+// than the one its records were under: they are gone and fn must write
+// them again. Functions run in the order registered, one after another,
+// in a goroutine of the store's. If that already happened before fn was
 // registered, fn runs at once.
 func (s *Store) OnNewLease(fn func()) {
 	s.leaseMu.Lock()
 	defer s.leaseMu.Unlock()
 	s.onNewLease = append(s.onNewLease, fn)
 	if s.leaseRenewed {
-		go fn()
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
+		s.runHooks([]func(){fn})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/internal/retry"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -52,6 +53,7 @@ type Store struct {
 	leaseRenewed bool          // lease is not the one the records were under
 	leaseReady   chan struct{} // closed once lease is set; nil after
 	onNewLease   []func()
+	ctx          context.Context // ends on Close
 	stop         context.CancelFunc
 	wg           sync.WaitGroup
 }
@@ -75,6 +77,7 @@ func Open(cfg Config, log *logrus.Entry) (*Store, error) {
 		prefix: "/" + strings.Trim(cfg.Prefix, "/"),
 		log:    log,
 		ready:  make(chan struct{}),
+		ctx:    ctx,
 		stop:   cancel,
 
 		leaseReady: make(chan struct{}),
@@ -84,49 +87,56 @@ func Open(cfg Config, log *logrus.Entry) (*Store, error) {
 	return s, nil
 }
 
+// The etcd client's settings.
+const (
+	dialTimeout = 5 * time.Second
+	// Pings find a connection that died silently (a cut cable leaves it
+	// half-open): without them the watch would hang on it and the node
+	// would miss every change until TCP gave up.
+	keepAliveTime    = 3 * time.Second
+	keepAliveTimeout = 2 * time.Second
+	// gRPC's default reconnect backoff grows to two minutes: a node cut
+	// off for 30 s would stay deaf long after the network healed.
+	reconnectMax = time.Second
+)
+
+// connectRetry paces attempts to make the client (which fail only on bad
+// settings or an unresolvable endpoint).
+var connectRetry = retry.Policy{First: 200 * time.Millisecond, Max: 5 * time.Second}
+
 // connect retries until it has a client or ctx ends.
 func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
 	defer s.wg.Done()
-	wait := 200 * time.Millisecond
-	for {
+	retry.Until(ctx, connectRetry, func() error {
 		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:   s.cfg.Endpoints,
-			TLS:         tlsCfg,
-			Username:    s.cfg.Username,
-			Password:    s.cfg.Password,
-			DialTimeout: 5 * time.Second,
-			// Pings find a connection that died silently (a cut cable
-			// leaves it half-open): without them the watch would hang on it
-			// and the node would miss every change until TCP gave up.
-			DialKeepAliveTime:    3 * time.Second,
-			DialKeepAliveTimeout: 2 * time.Second,
+			Endpoints:            s.cfg.Endpoints,
+			TLS:                  tlsCfg,
+			Username:             s.cfg.Username,
+			Password:             s.cfg.Password,
+			DialTimeout:          dialTimeout,
+			DialKeepAliveTime:    keepAliveTime,
+			DialKeepAliveTimeout: keepAliveTimeout,
 			Context:              ctx,
 			Logger:               zap.NewNop(),
-			// gRPC's default reconnect backoff grows to two minutes: a node
-			// cut off for 30 s would stay deaf long after the network healed.
 			DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
 				MinConnectTimeout: 2 * time.Second,
 			})},
 		})
-		if err == nil {
-			s.cli = cli
-			close(s.ready)
-			if s.cfg.LeaseTTL > 0 {
-				s.wg.Add(1)
-				go s.leaseLoop(ctx, cli)
-			}
-			return
+		if err != nil {
+			s.lastErr.Store(&err)
+			return err
 		}
-		s.lastErr.Store(&err)
-		s.log.WithError(err).Warnf("connecting to etcd at %s; retrying", strings.Join(s.cfg.Endpoints, ","))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
+		s.cli = cli
+		close(s.ready)
+		if s.cfg.LeaseTTL > 0 {
+			s.wg.Add(1)
+			go s.leaseLoop(ctx, cli)
 		}
-		wait = min(2*wait, 5*time.Second)
-	}
+		return nil
+	}, func(err error, next time.Duration) {
+		s.log.WithError(err).Warnf("connecting to etcd at %s; retrying in %s", strings.Join(s.cfg.Endpoints, ","), next.Round(time.Millisecond))
+	})
 }
 
 // client waits for the etcd connection until ctx ends.

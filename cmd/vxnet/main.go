@@ -16,13 +16,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -32,11 +30,13 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/config"
 	"github.com/vxnet/vxnet/driver"
+	"github.com/vxnet/vxnet/internal/retry"
 	"github.com/vxnet/vxnet/ipam"
 	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/plugin"
 	"github.com/vxnet/vxnet/vxlan"
+	"golang.org/x/sync/errgroup"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -101,6 +101,17 @@ func newLogger(s config.Settings) *logrus.Entry {
 	return logrus.NewEntry(log)
 }
 
+// stopTimeout bounds the wait for requests in flight when the plugin
+// stops; the whole stop stays within Docker's 5 s (and swarm's) grace.
+const stopTimeout = 2 * time.Second
+
+// addrRetry paces the search for the data and control addresses when an
+// interface is missing (it may come up after the plugin).
+var addrRetry = retry.Policy{First: 500 * time.Millisecond, Max: 2 * time.Second}
+
+// runPlugin serves Docker until SIGINT or SIGTERM, then stops in order:
+// no more requests, then the background loops, then the etcd client and
+// the namespace handles. Kernel state stays as it is.
 func runPlugin(args []string) error {
 	s, err := config.Load("vxnet plugin", args, os.Getenv)
 	if err != nil {
@@ -120,55 +131,59 @@ func runPlugin(args []string) error {
 		h.NotReady(err) // so the very first request already says why
 	}
 	srv := plugin.NewServer(h)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	go func() {
-		if err := startDriver(ctx, s, h, log); err != nil {
-			errc <- err
-		}
-	}()
+	loops, lctx := errgroup.WithContext(ctx)
+	loops.Go(func() error { return runNode(lctx, s, h, log) })
 
+	var failed error
 	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	case failed = <-served:
+	case <-lctx.Done():
 	}
 	log.Info("stopping; kernel state stays in place")
-	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	shutdown, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+		failed = errors.Join(failed, err)
 	}
-	return nil
+	stop()
+	if err := loops.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		failed = errors.Join(failed, err)
+	}
+	if failed == nil {
+		log.Info("stopped")
+	}
+	return failed
 }
 
-// startDriver finds the data path, retrying while it is missing (an
-// interface may come up after the plugin), then hands h a running driver.
-// Until then every request that needs the driver fails with the reason.
-func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log *logrus.Entry) error {
+// runNode finds the data path, retrying while it is missing, hands h a
+// running driver and runs the node's loops (the peer table, encryption,
+// membership, metrics) until ctx ends. Until the driver runs, every
+// request that needs it fails with the reason. Once the loops have
+// returned it closes the etcd client, then the namespace handles.
+func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *logrus.Entry) error {
 	var underlay vxlan.Underlay
 	var control netip.Addr
-	for {
+	err := retry.Until(ctx, addrRetry, func() error {
 		var err error
 		underlay, control, err = resolveAddrs(s)
-		if err == nil {
-			break
-		}
+		return err
+	}, func(err error, next time.Duration) {
 		h.NotReady(err)
-		log.WithError(err).Error("not ready; retrying in 2s")
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(2 * time.Second):
-		}
+		log.WithError(err).Errorf("not ready; retrying in %s", next.Round(time.Millisecond))
+	})
+	if err != nil {
+		return nil // stopped before the data path showed up
 	}
 	plane, err := vxlan.New(vxlan.Config{NSDir: s.NetnsDir, DataAddr: underlay.Addr, DataLink: underlay.Link, Port: s.VXLANPort})
 	if err != nil {
 		return err
 	}
+	defer plane.Close()
 	store, err := peerdb.Open(peerdb.Config{
 		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
 		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
@@ -178,6 +193,7 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 	if err != nil {
 		return err
 	}
+	defer store.Close() // deferred after plane.Close: runs first
 	enc, err := startEncryption(s, underlay.Addr, store, log.WithField("part", "ipsec"))
 	if err != nil {
 		return err
@@ -191,40 +207,39 @@ func startDriver(ctx context.Context, s config.Settings, h *plugin.Handler, log 
 		return err
 	}
 	alloc := ipam.New(store, s.NodeName, filepath.Join(s.StateDir, "ipam.json"), log.WithField("part", "ipam"))
+
 	// The node's gossip signing key lives as long as the process: its
 	// public half goes out in the node record, so a restart replaces it.
 	gossipPub, gossipSign, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return err
 	}
-	node := peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC(), GossipKey: gossipPub}
-	// Whatever lived under a lapsed lease is written again under the new one.
+	member := store.Membership(peerdb.MembershipConfig{
+		Node:     peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC(), GossipKey: gossipPub},
+		SerfPort: s.SerfPort, GossipKey: s.GossipKey, Sign: gossipSign,
+		Updates: d.Inbox(), OnGossip: func(g *peerdb.Gossip) { d.SetGossip(g) },
+	}, log.WithField("part", "serf"))
+	// Whatever lived under a lapsed lease is written again under the new
+	// one (the node record first: Membership registered it).
 	store.OnNewLease(func() {
-		publishNode(ctx, store, node, log)
 		enc.Republish()
 		d.Republish(ctx)
 		alloc.Reclaim(ctx)
 	})
-	if s.SerfPort > 0 {
-		go runGossip(ctx, s, control, gossipSign, store, d, log.WithField("part", "serf"))
-	}
-	go d.Run(ctx)
-	go enc.Run(ctx)
-	go publishNode(ctx, store, node, log)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { d.Run(gctx); return nil })
+	g.Go(func() error { enc.Run(gctx); return nil })
+	g.Go(func() error { member.Run(gctx); return nil })
 	if s.MetricsAddr != "" {
-		go serveMetrics(ctx, s.MetricsAddr, d, log)
+		g.Go(func() error { serveMetrics(gctx, s.MetricsAddr, d, log); return nil })
 	}
 	h.SetDriver(d, alloc)
 	log.WithFields(logrus.Fields{
 		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
 		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "scope": s.Scope, "version": version,
 	}).Info("vxnet serving")
-	go func() {
-		<-ctx.Done()
-		store.Close()
-		plane.Close()
-	}()
-	return nil
+	return g.Wait()
 }
 
 // startEncryption loads the node key and takes over the IPsec state left
@@ -260,93 +275,20 @@ func resolveAddrs(s config.Settings) (vxlan.Underlay, netip.Addr, error) {
 	return underlay, c.Addr, nil
 }
 
+// metricsHeaderTimeout bounds how long a scraper may take to send its
+// request headers.
+const metricsHeaderTimeout = 10 * time.Second
+
 // serveMetrics serves Prometheus metrics on addr until ctx ends.
 func serveMetrics(ctx context.Context, addr string, d *driver.Driver, log *logrus.Entry) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(d.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { <-ctx.Done(); srv.Close() }()
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: metricsHeaderTimeout}
+	defer context.AfterFunc(ctx, func() { srv.Close() })()
 	log.WithField("addr", addr).Info("serving metrics at /metrics")
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.WithError(err).Error("metrics server (VXNET_METRICS_ADDR)")
-	}
-}
-
-// runGossip gets the cluster's gossip key (the setting, or etcd, waiting
-// for etcd as long as it takes), runs this node's serf member with it
-// and keeps it joined until ctx ends.
-func runGossip(ctx context.Context, s config.Settings, control netip.Addr, sign ed25519.PrivateKey, store *peerdb.Store, d *driver.Driver, log *logrus.Entry) {
-	key := s.GossipKey
-	for key == nil && ctx.Err() == nil {
-		c, cancel := context.WithTimeout(ctx, 10*time.Second)
-		k, err := store.GossipKey(c)
-		cancel()
-		if err == nil {
-			key = k
-			break
-		}
-		log.WithError(err).Warn("no gossip key yet (it is kept in etcd); gossip starts once etcd answers")
-		select {
-		case <-ctx.Done():
-		case <-time.After(2 * time.Second):
-		}
-	}
-	if ctx.Err() != nil {
-		return
-	}
-	g, err := peerdb.StartGossip(peerdb.GossipConfig{Node: s.NodeName, Addr: control, Port: s.SerfPort, Key: key, Sign: sign, Updates: d.Inbox()}, log)
-	if err != nil {
-		log.WithError(err).Error("gossip off: endpoint changes travel through etcd only")
-		return
-	}
-	d.SetGossip(g)
-	joinGossip(ctx, g, store, s, log)
-	g.Close()
-}
-
-// joinGossip keeps this node's serf member joined to the nodes etcd
-// lists: at start, and whenever serf knows fewer alive members than etcd
-// lists nodes (a partition healed, a node came back).
-func joinGossip(ctx context.Context, g *peerdb.Gossip, store *peerdb.Store, s config.Settings, log *logrus.Entry) {
-	for ctx.Err() == nil {
-		c, cancel := context.WithTimeout(ctx, 5*time.Second)
-		nodes, err := store.Nodes(c)
-		cancel()
-		if err == nil && g.Alive() < len(nodes) {
-			var addrs []string
-			for _, n := range nodes {
-				if n.Name != s.NodeName && n.ControlAddr.IsValid() {
-					addrs = append(addrs, net.JoinHostPort(n.ControlAddr.String(), strconv.Itoa(s.SerfPort)))
-				}
-			}
-			if len(addrs) > 0 {
-				if _, err := g.Join(addrs); err != nil {
-					log.WithError(err).Debug("joining serf members")
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(3 * time.Second):
-		}
-	}
-}
-
-// publishNode writes this node's record once etcd answers.
-func publishNode(ctx context.Context, store *peerdb.Store, n peerdb.Node, log *logrus.Entry) {
-	for ctx.Err() == nil {
-		c, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := store.PutNode(c, n)
-		cancel()
-		if err == nil {
-			return
-		}
-		log.WithError(err).Warn("publishing node record; retrying")
-		select {
-		case <-ctx.Done():
-		case <-time.After(2 * time.Second):
-		}
 	}
 }
