@@ -22,8 +22,13 @@ func macFor(ip netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x56, b[0], b[1], b[2], b[3]}
 }
 
+// ifNameIDLen is how much of an endpoint ID goes into its interface's
+// name: "vxe" and 11 hex digits make 14 bytes, under Linux's 15
+// (IFNAMSIZ 16, with the NUL), and 44 bits of the ID keep names apart.
+const ifNameIDLen = 11
+
 // ifNameFor names an endpoint's interface until Docker renames it.
-func ifNameFor(eid string) string { return "vxe" + eid[:min(len(eid), 11)] }
+func ifNameFor(eid string) string { return "vxe" + eid[:min(len(eid), ifNameIDLen)] }
 
 // CreateEndpoint records an endpoint on this node. Docker's IPAM gives the
 // address; vxnet fills in the MAC if Docker left it empty, and returns

@@ -226,8 +226,8 @@ func overlayMTU(underlay int, encrypted bool) (int, error) {
 	if encrypted {
 		mtu = ipsec.MaxMTU(underlay)
 	}
-	if mtu < 68 {
-		return 0, invalid("option %s=%d leaves an overlay MTU of %d, below IPv4's 68: give a larger one", OptMTU, underlay, mtu)
+	if mtu < minIPv4MTU {
+		return 0, invalid("option %s=%d leaves an overlay MTU of %d, below IPv4's %d: give a larger one", OptMTU, underlay, mtu, minIPv4MTU)
 	}
 	return mtu, nil
 }

@@ -35,8 +35,12 @@ var accepted = map[string]string{
 	OptName:      OptName + "=NAME (without swarm: the same on every host)",
 }
 
-// minUnderlayMTU leaves the overlay the 68 bytes IPv4 needs.
-const minUnderlayMTU = 68 + vxlan.Overhead
+const (
+	// minIPv4MTU is the smallest MTU an IPv4 link may have (RFC 791).
+	minIPv4MTU = 68
+	// minUnderlayMTU leaves the overlay the MTU IPv4 needs.
+	minUnderlayMTU = minIPv4MTU + vxlan.Overhead
+)
 
 // ErrInvalid marks refusals caused by what the user asked for.
 var ErrInvalid = errors.New("invalid request")

@@ -41,3 +41,7 @@
 // The package keeps no state of its own: what it knows it reads back from
 // the kernel, so the control plane can compare desired and actual state.
 package vxlan
+
+// Overhead is what VXLAN adds to every packet on an IPv4 underlay:
+// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const Overhead = 50

@@ -193,7 +193,7 @@ func (p *Plane) Peers(nid string) ([]Peer, error) {
 
 func neighList(h *netlink.Handle, idx, family int) ([]netlink.Neigh, error) {
 	var err error
-	for range 5 {
+	for range dumpTries {
 		var ns []netlink.Neigh
 		ns, err = h.NeighList(idx, family)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {

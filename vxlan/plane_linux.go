@@ -17,10 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Overhead is what VXLAN adds to every packet on an IPv4 underlay:
-// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-const Overhead = 50
-
 // Config says where this host's data plane lives.
 type Config struct {
 	// NSDir holds one pinned namespace per network, named by network ID.
@@ -360,10 +356,14 @@ func (p *Plane) RemoveEndpoint(nid, name string) error {
 	return nil
 }
 
+// dumpTries is how often a netlink dump the kernel interrupted (the table
+// changed while it was read) is tried before the error is returned.
+const dumpTries = 5
+
 // linkList lists links, retrying a dump the kernel interrupted.
 func linkList(h *netlink.Handle) ([]netlink.Link, error) {
 	var err error
-	for range 5 {
+	for range dumpTries {
 		var links []netlink.Link
 		links, err = h.LinkList()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
