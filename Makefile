@@ -50,7 +50,7 @@ plugin-create: plugin
 	docker plugin create $(NAME):$(TAG) $(PLUGIN)
 
 clean:
-	rm -rf bin build
+	rm -rf bin build vxnet *.test
 
 # The control plane at scale: 50,000 endpoints, 1,000 watching agents, a
 # real plugin's cold sync and memory (results: BENCHMARKS.md).
