@@ -155,7 +155,10 @@ func (e *Encryption) Check() error {
 	defer e.mu.Unlock()
 	if e.off != nil {
 		// Both at once, so the operator need not fix one to learn of the other.
-		return errors.Join(e.off, e.kern.Probe())
+		if err := e.kern.Probe(); err != nil {
+			return fmt.Errorf("%w; besides, %w", e.off, err)
+		}
+		return e.off
 	}
 	if e.probeOK {
 		return nil

@@ -256,12 +256,14 @@ func (d *Driver) rebuildNetwork(r *restoring, nid string, own map[string][]peerd
 			d.addEndpoint(n, ep)
 		}
 	}
-	if n.attached == 0 {
-		n.attached = 1 // unnamed: its records may have lapsed with the lease
+	unnamed := n.attached == 0
+	if unnamed {
+		n.attached = 1 // its endpoints' records may have lapsed with the lease
 	}
 	d.networks[nid] = n
 	r.recovered++
-	log.WithField("endpoints", len(n.endpoints)).Info("node state: recovered a network from its pinned namespace and its records in etcd")
+	log.WithFields(logrus.Fields{"endpoints": len(n.endpoints), "unnamed": unnamed}).
+		Info("node state: recovered a network from its pinned namespace and its records in etcd")
 }
 
 // networkFromRecord makes a network from its record in etcd, as
