@@ -93,6 +93,17 @@ func (d *Driver) save() {
 	}
 }
 
+const (
+	// maxMTU is the largest MTU a saved network may have (an IPv4
+	// packet's length field).
+	maxMTU = 65535
+	// maxIfNameLen is Linux's limit on an interface name (IFNAMSIZ 16,
+	// with the NUL).
+	maxIfNameLen = 15
+	// maxUnnamed bounds the unnamed attachments a file may claim.
+	maxUnnamed = 1 << 16
+)
+
 // The loose forms below read the file field by field, so that one field
 // of the wrong type or form costs its entry, not the file.
 
@@ -229,7 +240,7 @@ func (d *Driver) loadNetwork(r *restoring, raw json.RawMessage) {
 		r.doubt[sn.NID] = true
 		return
 	}
-	if n.mtu < 68 || n.mtu > 65535 {
+	if n.mtu < minIPv4MTU || n.mtu > maxMTU {
 		mtu, err := d.defaultMTU(n.encrypted)
 		if err != nil {
 			d.skip(r, f, err, "a network entry")
@@ -272,7 +283,7 @@ func (d *Driver) loadNetwork(r *restoring, raw json.RawMessage) {
 		}
 	}
 	if present && sn.Unnamed > 0 {
-		n.attached += min(sn.Unnamed, 1<<16)
+		n.attached += min(sn.Unnamed, maxUnnamed)
 	}
 	d.networks[n.nid] = n
 }
@@ -353,7 +364,7 @@ func (d *Driver) checkEndpoint(r *restoring, n *network, se looseEndpoint) (*end
 
 // validIfName reports whether s can be a Linux interface name vxnet made.
 func validIfName(s string) bool {
-	if len(s) == 0 || len(s) > 15 {
+	if len(s) == 0 || len(s) > maxIfNameLen {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
