@@ -354,67 +354,6 @@ func TestResetReconcilesTheKernel(t *testing.T) {
 	}
 }
 
-// What a node knew comes back after a restart: its networks, endpoints and
-// which are attached, if their namespaces survived.
-func TestRestoreAfterRestart(t *testing.T) {
-	state := t.TempDir() + "/state.json"
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	cfg := Config{Node: "h1", Underlay: vxlan.Underlay{Addr: self, MTU: 1500}, StateFile: state}
-	p := &fakePlane{nets: map[string]bool{}, peers: map[string]map[string]vxlan.Peer{}}
-	s := &fakeStore{}
-	ctx := context.Background()
-
-	d := New(cfg, p, s, logrus.NewEntry(log))
-	d.CreateNetwork(ctx, NetworkRequest{NID: "n1", Options: map[string]string{OptVNIs: "42"}, IPv4: []IPAMData{{Pool: "198.18.0.0/24"}}})
-	d.CreateNetwork(ctx, NetworkRequest{NID: "idle", Options: map[string]string{OptVNIs: "43"}, IPv4: []IPAMData{{Pool: "198.18.1.0/24"}}})
-	d.apply(peerdb.Update{Reset: true})
-	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
-	d.CreateEndpoint(ctx, "n1", "e2", "198.18.0.3/24", "", "")
-	d.Join(ctx, "n1", "e1")
-	p.nets["orphan"] = true // a namespace no network owns any more
-
-	// The plugin restarts: a new driver on the same file and kernel.
-	d2 := New(cfg, p, s, logrus.NewEntry(log))
-	if err := d2.Restore(); err != nil {
-		t.Fatal(err)
-	}
-	if p.nets["orphan"] {
-		t.Error("a namespace no endpoint uses survived Restore")
-	}
-	if _, _, err := d2.lookup("idle", "x"); !errors.Is(err, ErrNotFound) || d2.networks["idle"] == nil {
-		t.Error("network without endpoints not restored")
-	}
-	n, ep, err := d2.lookup("n1", "e1")
-	if err != nil || !ep.attached || n.attached != 1 {
-		t.Fatalf("e1 after restart: %v attached=%v; want attached", err, ep != nil && ep.attached)
-	}
-	if _, ep2, err := d2.lookup("n1", "e2"); err != nil || ep2.attached {
-		t.Fatalf("e2 after restart: %v; want created, not attached", err)
-	}
-	// Docker's replayed Leave now does the real work.
-	p.calls = nil
-	d2.Leave(ctx, "n1", "e1")
-	if !slices.Contains(p.calls, "remove n1") {
-		t.Errorf("Leave after restart: kernel calls %v; want the namespace removed", p.calls)
-	}
-
-	// A host reboot empties /run: nothing is attached any more.
-	d2.apply(peerdb.Update{Reset: true})
-	d2.CreateEndpoint(ctx, "n1", "e3", "198.18.0.4/24", "", "")
-	if _, err := d2.Join(ctx, "n1", "e3"); err != nil {
-		t.Fatal(err)
-	}
-	delete(p.nets, "n1")
-	d3 := New(cfg, p, s, logrus.NewEntry(log))
-	if err := d3.Restore(); err != nil {
-		t.Fatal(err)
-	}
-	if _, ep, _ := d3.lookup("n1", "e3"); ep == nil || ep.attached {
-		t.Error("an endpoint whose namespace is gone was restored as attached")
-	}
-}
-
 func TestUnknownLeaveWithdrawsTheRecord(t *testing.T) {
 	d, _, s := newTestDriver(t)
 	if err := d.Leave(context.Background(), "n1", "ghost"); err != nil {
