@@ -65,9 +65,11 @@ type Driver struct {
 	store PeerStore
 	log   *logrus.Entry
 
-	// mu guards networks, peers and the kernel state of every network
-	// namespace: a function that programs the kernel holds it. It is the
-	// only lock, and is never held across an etcd call.
+	// mu guards networks (and the fields of each network and endpoint the
+	// comments mark), table, gossip and lastVersion. It is held only
+	// briefly: never across a kernel, crypto, etcd or file call. Lock
+	// order: a network's op, then saveMu, then mu; a network's lane is
+	// drained with none of them but op held.
 	mu       sync.Mutex
 	networks map[string]*network
 	table    *peerdb.Table // the cluster's endpoint table and its merge rule
@@ -80,6 +82,11 @@ type Driver struct {
 	gossip      Gossiper
 	inbox       chan peerdb.SignedUpdate
 	lastVersion uint64 // of this node's own changes, guarded by mu
+
+	// saveMu orders writes of the state file: each takes its snapshot
+	// under mu while holding saveMu, so no write goes out older than the
+	// one before it.
+	saveMu sync.Mutex
 
 	metrics metrics
 }
@@ -94,8 +101,19 @@ type network struct {
 	subnets   []vxlan.Subnet
 	mtu       int // overlay MTU
 	encrypted bool
-	endpoints map[string]*endpoint
-	attached  int // endpoints with an interface; the namespace exists while > 0
+	endpoints map[string]*endpoint // guarded by Driver.mu
+	attached  int                  // endpoints with an interface; the namespace exists while > 0 (Driver.mu)
+	// active says the table has a view of the network: peer changes are
+	// queued on lane from when the first attach reconciles until the last
+	// detach (Driver.mu).
+	active bool
+
+	// op serialises Docker's lifecycle calls on the network (create and
+	// delete endpoint, join, leave, delete): it is held across their
+	// kernel work, and taken before Driver.mu.
+	op sync.Mutex
+	// lane runs the network's kernel work in order, outside Driver.mu.
+	lane lane
 }
 
 // endpoint is an endpoint created on this node.

@@ -8,20 +8,30 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/vxlan"
 )
 
-// fakePlane records what the driver asks of the kernel.
+// fakePlane records what the driver asks of the kernel. Its methods may be
+// called from several networks' lanes at once.
 type fakePlane struct {
+	mu    sync.Mutex
 	calls []string
 	nets  map[string]bool                  // namespaces that exist
 	peers map[string]map[string]vxlan.Peer // nid → IP → peer
 	fail  string                           // a call name to fail
+	// gate, if set, holds AddPeers calls of at least bigBatch peers until
+	// it is closed; started is told when one waits.
+	gate    chan struct{}
+	started chan struct{}
 }
+
+const bigBatch = 50_000
 
 func (f *fakePlane) do(call string) error {
 	f.calls = append(f.calls, call)
@@ -31,16 +41,26 @@ func (f *fakePlane) do(call string) error {
 	return nil
 }
 func (f *fakePlane) EnsureNetwork(n vxlan.Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.nets[n.NID] = true
 	return f.do("ensure " + n.NID)
 }
 func (f *fakePlane) RemoveNetwork(nid string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	delete(f.peers, nid)
 	delete(f.nets, nid)
 	return f.do("remove " + nid)
 }
-func (f *fakePlane) HasNetwork(nid string) bool { return f.nets[nid] }
+func (f *fakePlane) HasNetwork(nid string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.nets[nid]
+}
 func (f *fakePlane) Networks() ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	var out []string
 	for nid := range f.nets {
 		out = append(out, nid)
@@ -48,6 +68,8 @@ func (f *fakePlane) Networks() ([]string, error) {
 	return out, nil
 }
 func (f *fakePlane) Peers(nid string) ([]vxlan.Peer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	var out []vxlan.Peer
 	for _, p := range f.peers[nid] {
 		out = append(out, p)
@@ -55,13 +77,25 @@ func (f *fakePlane) Peers(nid string) ([]vxlan.Peer, error) {
 	return out, nil
 }
 func (f *fakePlane) AddEndpoint(nid string, vni uint32, name string, _ net.HardwareAddr, mtu int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	return f.do(fmt.Sprintf("addep %s %d %s mtu=%d", nid, vni, name, mtu))
 }
-func (f *fakePlane) RemoveEndpoint(nid, name string) error { return f.do("rmep " + name) }
+func (f *fakePlane) RemoveEndpoint(nid, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.do("rmep " + name)
+}
 func (f *fakePlane) AddPeers(nid string, ps []vxlan.Peer) error {
 	if len(ps) == 0 {
 		return nil
 	}
+	if f.gate != nil && len(ps) >= bigBatch {
+		f.started <- struct{}{}
+		<-f.gate
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.peers[nid] == nil {
 		f.peers[nid] = map[string]vxlan.Peer{}
 	}
@@ -71,6 +105,8 @@ func (f *fakePlane) AddPeers(nid string, ps []vxlan.Peer) error {
 	return f.do(fmt.Sprintf("addpeers %s %d", nid, len(ps)))
 }
 func (f *fakePlane) DelPeers(nid string, ps []vxlan.Peer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if len(ps) == 0 {
 		return nil
 	}
@@ -141,7 +177,7 @@ func newTestDriver(t *testing.T) (*Driver, *fakePlane, *fakeStore) {
 		IPv4: []IPAMData{{Pool: "198.18.0.0/24", Gateway: "198.18.0.1/24"}}}); err != nil {
 		t.Fatal(err)
 	}
-	d.applyNodes(testNodes())
+	drainAll(d.applyNodes(testNodes()))
 	return d, p, s
 }
 
@@ -179,11 +215,11 @@ func testNodes() peerdb.NodeUpdate {
 func TestJoinProgramsKnownPeersInOneBatch(t *testing.T) {
 	d, p, s := newTestDriver(t)
 	ctx := context.Background()
-	d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
+	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
 		rec("r1", "198.18.0.5", "192.0.2.12", 1),
 		rec("r2", "198.18.0.6", "192.0.2.13", 2),
 		rec("own", "198.18.0.7", "192.0.2.11", 3), // this node's: never programmed
-	}})
+	}}))
 	if len(p.calls) != 0 {
 		t.Fatalf("peers programmed with no local endpoint: %v", p.calls)
 	}
@@ -210,7 +246,7 @@ func TestJoinProgramsKnownPeersInOneBatch(t *testing.T) {
 func TestPeerUpdates(t *testing.T) {
 	d, p, _ := newTestDriver(t)
 	ctx := context.Background()
-	d.apply(peerdb.Update{Reset: true})
+	drainAll(d.apply(peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
 		t.Fatal(err)
@@ -235,7 +271,7 @@ func TestPeerUpdates(t *testing.T) {
 		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r4", "198.19.0.8", "192.0.2.12", 21)}}, "198.18.0.8>192.0.2.12"},
 	}
 	for i, st := range steps {
-		d.apply(st.u)
+		drainAll(d.apply(st.u))
 		if got := p.table("n1"); got != st.want {
 			t.Fatalf("step %d: programmed %q; want %q", i, got, st.want)
 		}
@@ -245,7 +281,7 @@ func TestPeerUpdates(t *testing.T) {
 func TestJoinRollsBackWhenPublishFails(t *testing.T) {
 	d, p, s := newTestDriver(t)
 	ctx := context.Background()
-	d.apply(peerdb.Update{Reset: true})
+	drainAll(d.apply(peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	s.failPut = true
 	if _, err := d.Join(ctx, "n1", "e1"); err == nil {
@@ -271,7 +307,7 @@ func TestLeaveAndDeleteAreIdempotent(t *testing.T) {
 			t.Errorf("unknown ID: %v; want success", err)
 		}
 	}
-	d.apply(peerdb.Update{Reset: true})
+	drainAll(d.apply(peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	d.CreateEndpoint(ctx, "n1", "e2", "198.18.0.3/24", "", "02:00:00:00:00:03")
 	d.Join(ctx, "n1", "e1")
@@ -321,7 +357,7 @@ func TestNetworkOptions(t *testing.T) {
 	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "n2", Options: out, IPv4: two}); err != nil {
 		t.Fatal(err)
 	}
-	d.apply(peerdb.Update{Reset: true})
+	drainAll(d.apply(peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n2", "e", "198.18.2.9/24", "", "")
 	res, err := d.Join(ctx, "n2", "e")
 	if err != nil {
@@ -340,7 +376,7 @@ func TestNetworkOptions(t *testing.T) {
 func TestResetReconcilesTheKernel(t *testing.T) {
 	d, p, _ := newTestDriver(t)
 	ctx := context.Background()
-	d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 1)}})
+	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 1)}}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
 		t.Fatal(err)
@@ -348,7 +384,7 @@ func TestResetReconcilesTheKernel(t *testing.T) {
 	// r1 leaves and r2 arrives while the watch is broken; a stale entry
 	// from some earlier run is in the kernel too.
 	p.AddPeers("n1", []vxlan.Peer{{VNI: 42, IP: netip.MustParseAddr("198.18.0.77"), MAC: macFor(netip.MustParseAddr("198.18.0.77")), VTEP: netip.MustParseAddr("192.0.2.99")}})
-	d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r2", "198.18.0.6", "192.0.2.13", 5)}})
+	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r2", "198.18.0.6", "192.0.2.13", 5)}}))
 	if got, want := p.table("n1"), "198.18.0.6>192.0.2.13"; got != want {
 		t.Fatalf("after reset: programmed %q; want %q", got, want)
 	}
@@ -361,5 +397,69 @@ func TestUnknownLeaveWithdrawsTheRecord(t *testing.T) {
 	}
 	if !slices.Equal(s.dels, []string{"ghost"}) {
 		t.Errorf("withdrawn %v; want the unknown endpoint's record withdrawn", s.dels)
+	}
+}
+
+// Docker's requests are answered while a network's 50,000 peers are being
+// written: no kernel work holds the driver's lock.
+func TestRequestsAnsweredDuringABigReconcile(t *testing.T) {
+	d, p, _ := newTestDriver(t)
+	ctx := context.Background()
+	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "big", Options: map[string]string{OptVNIs: "50"},
+		IPv4: []IPAMData{{Pool: "198.18.0.0/15", Gateway: "198.18.0.1/15"}}}); err != nil {
+		t.Fatal(err)
+	}
+	recs := make([]peerdb.Endpoint, 0, bigBatch)
+	for i := range bigBatch {
+		ip := netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(1 + i%250)})
+		e := rec(fmt.Sprintf("r%d", i), ip.String(), "192.0.2.12", int64(10+i))
+		e.NID = "big"
+		recs = append(recs, e)
+	}
+	drainAll(d.apply(peerdb.Update{Reset: true, Puts: recs}))
+	p.gate, p.started = make(chan struct{}), make(chan struct{}, 1)
+
+	d.CreateEndpoint(ctx, "big", "b1", "198.19.255.2/15", "", "")
+	joined := make(chan error, 1)
+	go func() { _, err := d.Join(ctx, "big", "b1"); joined <- err }()
+	select {
+	case <-p.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the big reconcile never started")
+	}
+
+	// The reconcile of "big" is under way; n1 is another network.
+	start := time.Now()
+	if _, err := d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.EndpointInfo("n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	d.Status(ctx)
+	if err := d.Leave(ctx, "n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteEndpoint(ctx, "n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	select {
+	case err := <-joined:
+		t.Fatalf("the big Join returned (%v) while its reconcile was held", err)
+	default:
+	}
+	if took > time.Second {
+		t.Errorf("requests on another network took %v while a 50,000-peer reconcile ran", took)
+	}
+	close(p.gate)
+	if err := <-joined; err != nil {
+		t.Fatal(err)
+	}
+	if got := len(p.peers["big"]); got != bigBatch {
+		t.Errorf("big network has %d peers programmed; want %d", got, bigBatch)
 	}
 }

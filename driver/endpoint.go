@@ -51,12 +51,12 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 		}
 	}
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	n, ok := d.networks[nid]
-	if !ok {
-		return "", fmt.Errorf("%w: network %s is not created on this node", ErrNotFound, nid)
+	n, err := d.network(nid)
+	if err != nil {
+		return "", err
 	}
+	n.op.Lock()
+	defer n.op.Unlock()
 	s, ok := n.subnetOf(p.Addr())
 	if !ok {
 		return "", invalid("endpoint address %s is in no subnet of network %s", p.Addr(), nid)
@@ -66,12 +66,17 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 		hw = macFor(p.Addr())
 		filled = hw.String()
 	}
-	if _, ok := n.endpoints[eid]; !ok {
+	d.mu.Lock()
+	_, replay := n.endpoints[eid]
+	var todo []*network
+	if !replay {
 		n.endpoints[eid] = &endpoint{eid: eid, addr: p, mac: hw, vni: s.VNI, ifName: ifNameFor(eid)}
-		if n.attached > 0 {
-			d.syncView(n) // its address and MAC are this host's now
-		}
-		d.save()
+		todo = d.queueView(n) // its address and MAC are this host's now
+	}
+	d.mu.Unlock()
+	drainAll(todo)
+	if !replay {
+		d.persist()
 	}
 	return filled, nil
 }
@@ -81,19 +86,26 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 // interface named as vxnet names them is deleted even then, so nothing
 // outlives a plugin that lost its state.
 func (d *Driver) DeleteEndpoint(_ context.Context, nid, eid string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	ifName := ifNameFor(eid)
-	if n, ep, err := d.lookup(nid, eid); err == nil {
-		if ep.attached {
+	if n, err := d.network(nid); err == nil {
+		n.op.Lock()
+		defer n.op.Unlock()
+		d.mu.Lock()
+		ep, known := n.endpoints[eid]
+		attached := known && ep.attached
+		d.mu.Unlock()
+		if attached {
 			d.detach(n, ep)
 		}
-		ifName = ep.ifName
-		delete(n.endpoints, eid)
-		if n.attached > 0 {
-			d.syncView(n)
+		if known {
+			ifName = ep.ifName
+			d.mu.Lock()
+			delete(n.endpoints, eid)
+			todo := d.queueView(n)
+			d.mu.Unlock()
+			drainAll(todo)
+			d.persist()
 		}
-		d.save()
 	}
 	if err := d.plane.RemoveEndpoint(nid, ifName); err != nil {
 		return fmt.Errorf("delete interface of endpoint %s: %w", eid, err)
@@ -153,30 +165,33 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 	if err := d.waitSynced(wait); err != nil && (gossip == nil || ctx.Err() != nil) {
 		return JoinResult{}, err
 	}
-	d.mu.Lock()
-	n, ep, err := d.lookup(nid, eid)
+	n, err := d.network(nid)
 	if err != nil {
-		d.mu.Unlock()
 		return JoinResult{}, err
 	}
+	n.op.Lock()
+	defer n.op.Unlock()
+	d.mu.Lock()
+	ep, ok := n.endpoints[eid]
+	attached := ok && ep.attached
+	d.mu.Unlock()
+	if !ok {
+		return JoinResult{}, fmt.Errorf("%w: endpoint %s of network %s", ErrNotFound, eid, nid)
+	}
 	res := joinResult(n, ep)
-	if !ep.attached {
+	if !attached {
 		if err := d.attach(n, ep); err != nil {
-			d.mu.Unlock()
 			return JoinResult{}, err
 		}
 	}
+	d.mu.Lock()
 	rec := d.record(n, ep)
 	rec.Version = d.nextVersion()
 	d.mu.Unlock()
 
 	d.announce(gossip, peerdb.GossipUpdate{Put: &rec, Version: rec.Version})
 	if err := d.writeOwn(ctx, peerdb.Op{Key: rec.Key(), Rec: &rec, Version: rec.Version}, gossip != nil); err != nil {
-		d.mu.Lock()
-		if n, ep, lerr := d.lookup(nid, eid); lerr == nil && ep.attached {
-			d.detach(n, ep)
-		}
-		d.mu.Unlock()
+		d.detach(n, ep)
 		return JoinResult{}, err
 	}
 	d.log.WithFields(map[string]any{"nid": nid, "eid": eid, "ip": ep.addr.Addr(), "mac": ep.mac}).Info("endpoint joined")
@@ -188,16 +203,23 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 // succeed: Docker replays leaves. Their record is withdrawn all the same,
 // in case an earlier run published it, but failing that is only logged.
 func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
-	d.mu.Lock()
-	n, ep, err := d.lookup(nid, eid)
-	known := err == nil
 	key := peerdb.Key{NID: nid, EID: eid}
-	if known {
-		key.NID = n.cid
-		if ep.attached {
+	known := false
+	if n, err := d.network(nid); err == nil {
+		n.op.Lock()
+		defer n.op.Unlock()
+		d.mu.Lock()
+		ep, ok := n.endpoints[eid]
+		attached := ok && ep.attached
+		d.mu.Unlock()
+		if ok {
+			known, key.NID = true, n.cid
+		}
+		if attached {
 			d.detach(n, ep)
 		}
 	}
+	d.mu.Lock()
 	gossip := d.gossip
 	version := d.nextVersion()
 	d.mu.Unlock()
@@ -216,6 +238,17 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	return nil
 }
 
+// network finds a network created on this node.
+func (d *Driver) network(nid string) (*network, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[nid]
+	if !ok {
+		return nil, fmt.Errorf("%w: network %s is not created on this node", ErrNotFound, nid)
+	}
+	return n, nil
+}
+
 // lookup finds a network and endpoint. d.mu must be held.
 func (d *Driver) lookup(nid, eid string) (*network, *endpoint, error) {
 	n, ok := d.networks[nid]
@@ -231,9 +264,11 @@ func (d *Driver) lookup(nid, eid string) (*network, *endpoint, error) {
 
 // attach makes the endpoint's interface, and first the network's namespace
 // with its peers if this is its first endpoint here. On failure it undoes
-// what it did. d.mu must be held.
+// what it did. n.op must be held, d.mu not.
 func (d *Driver) attach(n *network, ep *endpoint) error {
+	d.mu.Lock()
 	first := n.attached == 0
+	d.mu.Unlock()
 	if first {
 		// An encrypted network's VNIs are protected before its VXLAN
 		// devices exist: no packet of it ever passes in plaintext.
@@ -248,39 +283,63 @@ func (d *Driver) attach(n *network, ep *endpoint) error {
 		if err := d.plane.EnsureNetwork(n.spec()); err != nil {
 			return errors.Join(fmt.Errorf("create network %s on this host: %w", n.nid, err), d.unprotect(n))
 		}
-		// The table's changes are all of the network's peers: reconcile
-		// writes them, in one batch, after reading what the kernel has,
-		// before the container's interface exists.
+		// The table's view starts here; its first changes are all of the
+		// network's peers, which one reconcile writes in one batch after
+		// reading what the kernel has, before the container's interface
+		// exists. Later changes queue behind it.
+		d.mu.Lock()
 		spec, _ := d.viewOf(n.cid)
 		d.table.Attach(n.cid, spec)
-		d.reconcile(n)
+		n.active = true
+		d.queueReconcile(n)
+		d.mu.Unlock()
+		n.lane.drain()
 	}
 	if err := d.plane.AddEndpoint(n.nid, ep.vni, ep.ifName, ep.mac, n.mtu); err != nil {
 		if first {
+			d.mu.Lock()
 			d.table.Detach(n.cid)
+			n.active = false
+			d.mu.Unlock()
+			n.lane.drain()
 			err = errors.Join(err, d.plane.RemoveNetwork(n.nid), d.unprotect(n))
 		}
 		return fmt.Errorf("create interface of endpoint %s: %w", ep.eid, err)
 	}
+	d.mu.Lock()
 	ep.attached = true
 	n.attached++
+	var todo []*network
 	if !first {
-		d.syncView(n)
+		todo = d.queueView(n)
 	}
-	d.save()
+	d.mu.Unlock()
+	drainAll(todo)
+	d.persist()
 	return nil
 }
 
 // detach undoes attach: the interface goes, and with the last one the
 // namespace. Failures are logged: Docker cannot act on them, and leftovers
-// are replaced by the next attach. d.mu must be held.
+// are replaced by the next attach. n.op must be held, d.mu not.
 func (d *Driver) detach(n *network, ep *endpoint) {
+	d.mu.Lock()
 	ep.attached = false
 	n.attached--
-	defer d.save()
-	d.syncView(n)
+	last := n.attached == 0
+	var todo []*network
+	if last {
+		d.table.Detach(n.cid)
+		n.active = false
+	} else {
+		todo = d.queueView(n)
+	}
+	d.mu.Unlock()
+	drainAll(todo)
+	n.lane.drain() // work queued before the view ended runs on the namespace
+	defer d.persist()
 	log := d.log.WithFields(map[string]any{"nid": n.nid, "eid": ep.eid})
-	if n.attached > 0 {
+	if !last {
 		if err := d.plane.RemoveEndpoint(n.nid, ep.ifName); err != nil {
 			log.WithError(err).Error("removing endpoint interface")
 		}
@@ -296,7 +355,7 @@ func (d *Driver) detach(n *network, ep *endpoint) {
 }
 
 // unprotect ends the encryption of an encrypted network whose devices are
-// gone from this host. d.mu must be held.
+// gone from this host.
 func (d *Driver) unprotect(n *network) error {
 	if !n.encrypted {
 		return nil
@@ -304,6 +363,7 @@ func (d *Driver) unprotect(n *network) error {
 	return d.cfg.Encryption.detach(n.vnis())
 }
 
+// record is the cluster's record of an own endpoint. d.mu must be held.
 func (d *Driver) record(n *network, ep *endpoint) peerdb.Endpoint {
 	return peerdb.Endpoint{
 		NID:     n.cid,

@@ -31,8 +31,26 @@ type Status struct {
 	Encryption *EncryptionStatus `json:"encryption,omitempty"`
 }
 
-// Status reports this node's state and etcd's health.
+// statusTimeout bounds the etcd read of `vxnet status`.
+const statusTimeout = 2 * time.Second
+
+// Status reports this node's state and etcd's health (read from etcd).
 func (d *Driver) Status(ctx context.Context) Status {
+	st := d.localStatus()
+	c, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	st.Etcd = "ok"
+	nodes, err := d.store.Nodes(c)
+	if err != nil {
+		st.Etcd = err.Error()
+	}
+	st.Nodes = nodes
+	return st
+}
+
+// localStatus is what the node knows of itself, without asking etcd or
+// the kernel.
+func (d *Driver) localStatus() Status {
 	d.mu.Lock()
 	st := Status{Node: d.cfg.Node, VTEP: d.cfg.Underlay.Addr.String(), Scope: d.cfg.Scope, Networks: len(d.networks), Peers: d.table.Len()}
 	for _, n := range d.networks {
@@ -42,27 +60,20 @@ func (d *Driver) Status(ctx context.Context) Status {
 		st.Endpoints += len(n.endpoints)
 	}
 	st.Pending = len(d.table.Pending())
-	if d.cfg.Encryption != nil {
-		es := d.cfg.Encryption.Status()
+	gossip, enc := d.gossip, d.cfg.Encryption
+	d.mu.Unlock()
+	if enc != nil {
+		es := enc.Status()
 		st.Encryption = &es
 	}
-	if d.gossip != nil {
-		st.Members = d.gossip.Members()
+	if gossip != nil {
+		st.Members = gossip.Members()
 	}
-	d.mu.Unlock()
 	select {
 	case <-d.synced:
 		st.Synced = true
 	default:
 	}
-	c, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	st.Etcd = "ok"
-	nodes, err := d.store.Nodes(c)
-	if err != nil {
-		st.Etcd = err.Error()
-	}
-	st.Nodes = nodes
 	return st
 }
 
@@ -90,45 +101,69 @@ type Problem struct {
 	Peer    string `json:"peer"`
 }
 
-// Peers lists the cluster endpoints of the networks created on this node
-// (of network nid only, if not empty) and what the kernel holds of each.
-func (d *Driver) Peers(nid string) ([]PeerView, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var out []PeerView
+// netSnapshot is what inspection needs of one network, taken under d.mu
+// so the kernel can be read without it.
+type netSnapshot struct {
+	n        *network
+	attached bool
+	views    []PeerView   // of every record (Peers)
+	want     []vxlan.Peer // what the kernel must hold (one per record in views marked "no", in order)
+	wantIdx  []int        // the index in views of each want entry, or -1
+}
+
+// snapshot takes networks (nid only, if not empty) as inspection sees them.
+// d.mu must be held.
+func (d *Driver) snapshotNets(nid string) []netSnapshot {
+	var out []netSnapshot
 	for _, n := range d.networks {
 		if nid != "" && n.nid != nid {
 			continue
 		}
-		have := map[string]bool{}
-		if n.attached > 0 {
-			kernel, err := d.plane.Peers(n.nid)
-			if err != nil {
-				return nil, err
-			}
-			for _, p := range kernel {
-				have[p.String()] = true
-			}
-		}
+		ns := netSnapshot{n: n, attached: n.attached > 0}
 		for _, e := range d.table.Records(n.cid) {
 			v := PeerView{Network: n.nid, EID: e.EID, IP: e.IP.String(), MAC: e.MAC, VTEP: e.VTEP.String(), Node: e.Node,
 				Local: e.Node == d.cfg.Node, Programmed: "-", Source: "etcd"}
 			if d.table.FromGossip(e.Key()) {
 				v.Source = "gossip"
 			}
-			if !v.Local && n.attached > 0 {
+			if !v.Local && ns.attached {
 				v.Programmed = "refused"
 				if d.table.Programmed(n.cid, e.Key()) {
 					v.Programmed = "no"
 					for _, p := range d.kernelPeers(n, []peerdb.Endpoint{e}) {
-						if have[p.String()] {
-							v.Programmed = "yes"
-						}
+						ns.want = append(ns.want, p)
+						ns.wantIdx = append(ns.wantIdx, len(ns.views))
 					}
 				}
 			}
-			out = append(out, v)
+			ns.views = append(ns.views, v)
 		}
+		out = append(out, ns)
+	}
+	return out
+}
+
+// Peers lists the cluster endpoints of the networks created on this node
+// (of network nid only, if not empty) and what the kernel holds of each.
+// The kernel is read outside the driver's lock.
+func (d *Driver) Peers(nid string) ([]PeerView, error) {
+	d.mu.Lock()
+	nets := d.snapshotNets(nid)
+	d.mu.Unlock()
+	var out []PeerView
+	for _, ns := range nets {
+		if ns.attached {
+			have, err := d.kernelSet(ns.n)
+			if err != nil {
+				return nil, err
+			}
+			for i, p := range ns.want {
+				if have[p.String()] {
+					ns.views[ns.wantIdx[i]].Programmed = "yes"
+				}
+			}
+		}
+		out = append(out, ns.views...)
 	}
 	slices.SortFunc(out, func(a, b PeerView) int {
 		if a.Network != b.Network {
@@ -139,22 +174,44 @@ func (d *Driver) Peers(nid string) ([]PeerView, error) {
 	return out, nil
 }
 
+// kernelSet reads what the kernel holds for n, as Peer strings.
+func (d *Driver) kernelSet(n *network) (map[string]bool, error) {
+	kernel, err := d.plane.Peers(n.nid)
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[string]bool, len(kernel))
+	for _, p := range kernel {
+		have[p.String()] = true
+	}
+	return have, nil
+}
+
 // Check compares, for every network attached on this host, the remote
 // peers the table says it must hold (etcd's records, and changes gossip
 // announced that etcd has not confirmed yet) with what its kernel holds,
 // and lists every missing and every stale neighbour/FDB entry, and every
-// record that lost its IP or MAC to another claim.
+// record that lost its IP or MAC to another claim. The kernel is read
+// outside the driver's lock.
 func (d *Driver) Check() ([]Problem, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	nets := d.snapshotNets("")
 	var out []Problem
-	for _, n := range d.networks {
-		if n.attached == 0 {
+	for _, c := range d.table.Conflicts() {
+		for _, n := range d.networks {
+			if n.cid == c.CID && n.attached > 0 {
+				out = append(out, Problem{Network: n.nid, Kind: "conflict", Peer: "endpoint " + c.Loser.EID + " claims " + c.What + ", held by " + c.Winner + " (not programmed)"})
+			}
+		}
+	}
+	d.mu.Unlock()
+	for _, ns := range nets {
+		if !ns.attached {
 			continue
 		}
-		recs := d.table.Desired(n.cid)
-		want := map[string]bool{}
-		for _, p := range d.kernelPeers(n, recs) {
+		n := ns.n
+		want := make(map[string]bool, len(ns.want))
+		for _, p := range ns.want {
 			want[p.String()] = true
 		}
 		kernel, err := d.plane.Peers(n.nid)
@@ -168,14 +225,14 @@ func (d *Driver) Check() ([]Problem, error) {
 				out = append(out, Problem{Network: n.nid, Kind: "stale", Peer: describe(p)})
 			}
 		}
-		for _, p := range d.kernelPeers(n, recs) {
+		for _, p := range ns.want {
 			if !have[p.String()] {
 				out = append(out, Problem{Network: n.nid, Kind: "missing", Peer: describe(p)})
 			}
 		}
 		if n.encrypted && d.cfg.Encryption != nil {
 			vteps := map[netip.Addr]bool{}
-			for _, p := range d.kernelPeers(n, recs) {
+			for _, p := range ns.want {
 				vteps[p.VTEP] = true
 			}
 			missing, err := d.cfg.Encryption.unprotected(vteps)
@@ -184,13 +241,6 @@ func (d *Driver) Check() ([]Problem, error) {
 			}
 			for _, v := range missing {
 				out = append(out, Problem{Network: n.nid, Kind: "no IPsec SA", Peer: "to " + v.String() + " (its packets are dropped)"})
-			}
-		}
-	}
-	for _, c := range d.table.Conflicts() {
-		for _, n := range d.networks {
-			if n.cid == c.CID && n.attached > 0 {
-				out = append(out, Problem{Network: n.nid, Kind: "conflict", Peer: "endpoint " + c.Loser.EID + " claims " + c.What + ", held by " + c.Winner + " (not programmed)"})
 			}
 		}
 	}

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,7 +16,7 @@ func newMetrics() metrics {
 	return metrics{
 		programErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vxnet_programming_errors_total",
-			Help: "Kernel programming calls (peer entries, namespaces, interfaces) that failed.",
+			Help: "Batches of peer entries (neighbour and FDB) the kernel refused in part or whole; the log names each.",
 		}),
 		eventLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vxnet_event_lag_seconds",
@@ -28,10 +27,10 @@ func newMetrics() metrics {
 }
 
 var (
-	descProgrammed = prometheus.NewDesc("vxnet_peers_programmed", "Remote peers whose entries this host's kernel holds, per network.", []string{"network"}, nil)
+	descProgrammed = prometheus.NewDesc("vxnet_peers_programmed", "Remote peers this host's kernel holds entries for, per attached network, as programmed (vxnet check compares them with the kernel).", []string{"network"}, nil)
 	descLocal      = prometheus.NewDesc("vxnet_local_endpoints", "Endpoints created on this node.", nil, nil)
 	descCluster    = prometheus.NewDesc("vxnet_cluster_endpoints", "Endpoint records in the cluster table.", nil, nil)
-	descEtcdUp     = prometheus.NewDesc("vxnet_etcd_up", "1 if etcd answered a read within 2 s at the scrape.", nil, nil)
+	descEtcdUp     = prometheus.NewDesc("vxnet_etcd_up", "1 if etcd answered this node in the last 10 s (lease keepalive, list or watch).", nil, nil)
 	descSynced     = prometheus.NewDesc("vxnet_peer_table_loaded", "1 once a full endpoint table came from etcd.", nil, nil)
 	descMembers    = prometheus.NewDesc("vxnet_serf_members", "serf members this node knows, by state (alive, leaving, left, failed).", []string{"status"}, nil)
 	descPending    = prometheus.NewDesc("vxnet_pending_etcd_writes", "Own endpoint changes gossiped but not yet written to etcd.", nil, nil)
@@ -54,30 +53,30 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	c.metrics.eventLag.Describe(ch)
 }
 
+// Collect reports what the driver keeps as events happen: a scrape reads
+// no etcd and no kernel.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	d := (*Driver)(c)
-	if rows, err := d.Peers(""); err == nil {
-		per := map[string]float64{}
-		for _, r := range rows {
-			if r.Programmed == "yes" {
-				per[r.Network]++
-			}
-		}
-		for nid, v := range per {
-			ch <- prometheus.MustNewConstMetric(descProgrammed, prometheus.GaugeValue, v, nid)
+	d.mu.Lock()
+	programmed := map[string]int{}
+	for _, n := range d.networks {
+		if n.active {
+			programmed[n.nid] = len(d.table.Desired(n.cid))
 		}
 	}
-	d.mu.Lock()
 	conflicts, refused := len(d.table.Conflicts()), d.table.Refused()
 	d.mu.Unlock()
+	for nid, v := range programmed {
+		ch <- prometheus.MustNewConstMetric(descProgrammed, prometheus.GaugeValue, float64(v), nid)
+	}
 	ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(conflicts))
 	for reason, n := range refused {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(n), reason)
 	}
-	st := d.Status(context.Background())
+	st := d.localStatus()
 	ch <- prometheus.MustNewConstMetric(descLocal, prometheus.GaugeValue, float64(st.Endpoints))
 	ch <- prometheus.MustNewConstMetric(descCluster, prometheus.GaugeValue, float64(st.Peers))
-	ch <- prometheus.MustNewConstMetric(descEtcdUp, prometheus.GaugeValue, b2f(st.Etcd == "ok"))
+	ch <- prometheus.MustNewConstMetric(descEtcdUp, prometheus.GaugeValue, b2f(d.store.Healthy()))
 	ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(st.Synced))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
 	if e := st.Encryption; e != nil {

@@ -157,12 +157,15 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 	}
 
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.networks[req.NID]; ok {
-		return nil // a replay
+	_, replay := d.networks[req.NID]
+	if !replay {
+		d.networks[req.NID] = n
 	}
-	d.networks[req.NID] = n
-	d.save()
+	d.mu.Unlock()
+	if replay {
+		return nil
+	}
+	d.persist()
 	d.log.WithFields(map[string]any{"nid": req.NID, "vni": joinVNIs(o.vnis), "mtu": n.mtu}).Info("network created")
 	return nil
 }
@@ -171,12 +174,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 // one is left. A swarm network lives on in etcd until FreeNetwork; a
 // standalone one until the last host that created it deletes it.
 func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
-	d.mu.Lock()
-	n, ok := d.networks[nid]
-	d.mu.Unlock()
-	if !ok {
+	n, err := d.network(nid)
+	if err != nil {
 		return nil
 	}
+	n.op.Lock()
+	defer n.op.Unlock()
 	if n.cid != n.nid {
 		freed, err := d.store.LeaveNamedNetwork(ctx, n.cid, d.cfg.Node)
 		if err != nil {
@@ -187,21 +190,30 @@ func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
 		}
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.networks[nid]; !ok {
-		return nil
+	if d.networks[nid] != n {
+		d.mu.Unlock()
+		return nil // deleted meanwhile
 	}
+	wasAttached := n.attached > 0
+	if n.active {
+		d.table.Detach(n.cid)
+		n.active = false
+	}
+	d.mu.Unlock()
+	n.lane.drain()
 	if err := d.plane.RemoveNetwork(nid); err != nil {
 		return fmt.Errorf("remove namespace of network %s: %w", nid, err)
 	}
-	if n.attached > 0 && n.encrypted {
+	if wasAttached && n.encrypted {
 		if err := d.cfg.Encryption.detach(n.vnis()); err != nil {
 			d.log.WithField("nid", nid).WithError(err).Error("unprotecting the VNIs of a deleted network")
 		}
 	}
+	d.mu.Lock()
 	n.attached = 0
 	delete(d.networks, nid)
-	d.save()
+	d.mu.Unlock()
+	d.persist()
 	d.log.WithField("nid", nid).Info("network deleted on this node")
 	return nil
 }

@@ -35,6 +35,7 @@ func (d *Driver) Run(ctx context.Context) {
 	for _, n := range d.networks {
 		if spec, attached := d.viewOf(n.cid); attached {
 			d.table.Attach(n.cid, spec)
+			n.active = true
 		}
 	}
 	d.mu.Unlock()
@@ -49,10 +50,10 @@ func (d *Driver) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case u := <-nodes:
-			d.applyNodes(u)
+			drainAll(d.applyNodes(u))
 			endpoints = updates
 		case u := <-endpoints:
-			d.apply(u)
+			drainAll(d.apply(u))
 			if u.Reset {
 				d.republish(ctx)
 				// A full table arrives as one large list: hand the memory
@@ -62,13 +63,16 @@ func (d *Driver) Run(ctx context.Context) {
 			}
 		case m := <-d.inbox:
 			d.mu.Lock()
-			d.programChanges(d.table.Gossip(m))
+			todo := d.queueChanges(d.table.Gossip(m))
 			d.mu.Unlock()
+			drainAll(todo)
 		case <-tick.C:
 			d.flushPending(ctx)
+			healthy := d.store.Healthy()
 			d.mu.Lock()
-			d.programChanges(d.table.Expire(d.store.Healthy()))
+			todo := d.queueChanges(d.table.Expire(healthy))
 			d.mu.Unlock()
+			drainAll(todo)
 		}
 	}
 }
@@ -124,64 +128,85 @@ func (d *Driver) waitSynced(ctx context.Context) error {
 
 // applyNodes merges a change of the node table: records are checked
 // against their nodes, so a node's arrival or departure can change what
-// the kernel holds.
-func (d *Driver) applyNodes(u peerdb.NodeUpdate) {
+// the kernel holds. It returns the networks whose lanes hold new work.
+func (d *Driver) applyNodes(u peerdb.NodeUpdate) []*network {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if u.Reset {
-		d.programChanges(d.table.ResetNodes(u.Puts))
-		return
+		return d.queueChanges(d.table.ResetNodes(u.Puts))
 	}
+	var todo []*network
 	for _, name := range u.Deletes {
-		d.programChanges(d.table.DeleteNode(name))
+		todo = append(todo, d.queueChanges(d.table.DeleteNode(name))...)
 	}
 	for _, n := range u.Puts {
-		d.programChanges(d.table.PutNode(n))
+		todo = append(todo, d.queueChanges(d.table.PutNode(n))...)
 	}
+	return todo
 }
 
-// apply merges an update from etcd into the table and programs the
+// apply merges an update from etcd into the table and queues the kernel
 // difference. A reset (the whole table, after a start or a broken watch)
-// reconciles the kernel of every attached network against the table
+// queues a reconcile of every attached network's kernel against the table
 // instead: whatever changed while vxnet was not watching — removed, moved
-// or missing entries — is put right.
-func (d *Driver) apply(u peerdb.Update) {
+// or missing entries — is put right. It returns the networks whose lanes
+// hold new work.
+func (d *Driver) apply(u peerdb.Update) []*network {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.syncedOnce.Do(func() { close(d.synced) })
+	var todo []*network
 	if u.Reset {
 		d.table.ResetEtcd(u.Puts)
 		for _, n := range d.networks {
-			if n.attached > 0 {
-				d.reconcile(n)
+			if n.active {
+				d.queueReconcile(n)
+				todo = append(todo, n)
 			}
 		}
-		return
+		return todo
 	}
 	for _, k := range u.Deletes {
-		d.programChanges(d.table.DeleteEtcd(k))
+		todo = append(todo, d.queueChanges(d.table.DeleteEtcd(k))...)
 	}
 	for _, e := range u.Puts {
-		d.programChanges(d.table.PutEtcd(e))
+		todo = append(todo, d.queueChanges(d.table.PutEtcd(e))...)
 	}
+	return todo
 }
 
-// programChanges programs the table's changes into every attached network
-// they touch. d.mu must be held.
-func (d *Driver) programChanges(c peerdb.Changes) {
+// queueChanges queues the table's changes on the lane of every network
+// they touch, as kernel entries, and returns those networks. d.mu must be
+// held.
+func (d *Driver) queueChanges(c peerdb.Changes) []*network {
+	var todo []*network
 	for _, n := range d.networks {
-		if ch := c[n.cid]; ch != nil && n.attached > 0 {
-			d.program(n, ch.Del, ch.Add)
+		ch := c[n.cid]
+		if ch == nil || !n.active {
+			continue
 		}
+		del, add := d.kernelPeers(n, ch.Del), d.kernelPeers(n, ch.Add)
+		written := make([]time.Time, 0, len(ch.Add))
+		for _, e := range ch.Add {
+			written = append(written, e.Written)
+		}
+		n.lane.push(func() { d.program(n, del, add, written) })
+		todo = append(todo, n)
 	}
+	return todo
 }
 
-// reconcile makes the kernel entries of n exactly what the table says it
-// must hold: stale ones go, missing or wrong ones are written, in one
-// batch each. A host that joins late gets all its peers this way. d.mu
-// must be held.
-func (d *Driver) reconcile(n *network) {
+// queueReconcile queues a reconcile of n's kernel against what the table
+// says it must hold now. d.mu must be held.
+func (d *Driver) queueReconcile(n *network) {
 	want := d.kernelPeers(n, d.table.Desired(n.cid))
+	n.lane.push(func() { d.reconcile(n, want) })
+}
+
+// reconcile makes the kernel entries of n exactly want: stale ones go,
+// missing or wrong ones are written, in one batch each. A host that joins
+// late gets all its peers this way. It runs on n's lane.
+func (d *Driver) reconcile(n *network, want []vxlan.Peer) {
 	log := d.log.WithField("nid", n.nid)
 	have, err := d.plane.Peers(n.nid)
 	if err != nil {
@@ -225,24 +250,23 @@ func (d *Driver) reconcile(n *network) {
 	}
 }
 
-// program removes the kernel entries of del, then writes those of add.
-// d.mu must be held.
-func (d *Driver) program(n *network, del, add []peerdb.Endpoint) {
+// program removes the kernel entries del, then writes add (records
+// written at the times given, for the lag metric). It runs on n's lane.
+func (d *Driver) program(n *network, del, add []vxlan.Peer, written []time.Time) {
 	log := d.log.WithField("nid", n.nid)
-	if err := d.plane.DelPeers(n.nid, d.kernelPeers(n, del)); err != nil {
+	if err := d.plane.DelPeers(n.nid, del); err != nil {
 		d.metrics.programErrors.Inc()
 		log.WithError(err).Error("removing peers")
 	}
-	peers := d.kernelPeers(n, add)
-	if err := d.plane.AddPeers(n.nid, peers); err != nil {
+	if err := d.plane.AddPeers(n.nid, add); err != nil {
 		d.metrics.programErrors.Inc()
 		log.WithError(err).Error("programming peers")
 	}
-	for _, e := range add {
-		d.observeLag(e.Written)
+	for _, w := range written {
+		d.observeLag(w)
 	}
-	if len(del)+len(peers) > 0 {
-		log.Debugf("peers: %d removed, %d programmed", len(del), len(peers))
+	if len(del)+len(add) > 0 {
+		log.Debugf("peers: %d removed, %d programmed", len(del), len(add))
 	}
 }
 
@@ -291,14 +315,18 @@ func (d *Driver) viewOf(cid string) (peerdb.NetworkSpec, bool) {
 	return spec, attached
 }
 
-// syncView hands the table the current view of n's cluster network and
-// programs what changes; a network no longer attached here leaves the
-// table's view. d.mu must be held.
-func (d *Driver) syncView(n *network) {
+// queueView hands the table the current view of n's cluster network and
+// queues what changes: a network no longer attached here leaves the
+// table's view. It returns the networks whose lanes hold new work. d.mu
+// must be held.
+func (d *Driver) queueView(n *network) []*network {
+	if !n.active {
+		return nil
+	}
 	spec, attached := d.viewOf(n.cid)
 	if !attached {
 		d.table.Detach(n.cid)
-		return
+		return nil
 	}
-	d.programChanges(d.table.Attach(n.cid, spec))
+	return d.queueChanges(d.table.Attach(n.cid, spec))
 }

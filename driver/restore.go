@@ -65,7 +65,6 @@ func (d *Driver) Restore() error {
 	}
 
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.repairEndpoints(r, own)
 	if needEtcd && etcdErr == nil {
 		d.addOwnEndpoints(r, own)
@@ -100,13 +99,15 @@ func (d *Driver) Restore() error {
 				d.log.WithField("nid", n.nid).WithError(err).Error("protecting a restored encrypted network")
 			}
 		}
-		d.syncView(n)
 	}
+	networks := len(d.networks)
+	d.mu.Unlock()
+	// Run gives the peer table a view of every attached network.
 	if !r.whole || r.skipped+r.repaired+r.recovered+r.kept > 0 {
-		d.save()
+		d.persist()
 	}
 	d.log.WithFields(logrus.Fields{
-		"networks": len(d.networks), "skipped": r.skipped, "repaired": r.repaired, "recovered": r.recovered, "kept": r.kept,
+		"networks": networks, "skipped": r.skipped, "repaired": r.repaired, "recovered": r.recovered, "kept": r.kept,
 	}).Info("node state restored")
 	return nil
 }

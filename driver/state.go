@@ -68,13 +68,27 @@ type savedEndpoint struct {
 	Attached bool         `json:"attached"`
 }
 
-// save writes the node's state. Failures are logged: the running driver
-// is right either way, only a restart would lose what was not saved.
-// d.mu must be held.
-func (d *Driver) save() {
+// persist writes the node's state as it is now. Failures are logged: the
+// running driver is right either way, only a restart would lose what was
+// not saved. d.mu must not be held: the write (with its fsyncs) happens
+// outside it, ordered by saveMu.
+func (d *Driver) persist() {
 	if d.cfg.StateFile == "" {
 		return
 	}
+	d.saveMu.Lock()
+	defer d.saveMu.Unlock()
+	d.mu.Lock()
+	st := d.snapshot()
+	d.mu.Unlock()
+	if err := statefile.Write(d.cfg.StateFile, st); err != nil {
+		d.log.WithError(err).Error("saving node state; a plugin restart would forget changes since the last save")
+	}
+}
+
+// snapshot is the node's state as the state file keeps it. d.mu must be
+// held.
+func (d *Driver) snapshot() savedState {
 	var st savedState
 	for _, n := range d.networks {
 		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Encrypted: n.encrypted, Subnets: n.subnets, Unnamed: n.attached}
@@ -88,9 +102,7 @@ func (d *Driver) save() {
 		}
 		st.Networks = append(st.Networks, sn)
 	}
-	if err := statefile.Write(d.cfg.StateFile, st); err != nil {
-		d.log.WithError(err).Error("saving node state; a plugin restart would forget changes since the last save")
-	}
+	return st
 }
 
 const (

@@ -75,7 +75,7 @@ func newRestartable(t *testing.T) *restartable {
 		}
 		r.store.nets[nid] = peerdb.Network{NID: nid, VNIs: []uint32{d.networks[nid].subnets[0].VNI}, Subnets: []netip.Prefix{d.networks[nid].subnets[0].Prefix}, Options: opts}
 	}
-	d.apply(peerdb.Update{Reset: true})
+	drainAll(d.apply(peerdb.Update{Reset: true}))
 	for _, eid := range []string{eidUp, eidDown} {
 		addr := map[string]string{eidUp: "198.18.0.2/24", eidDown: "198.18.0.3/24"}[eid]
 		if _, err := d.CreateEndpoint(ctx, nidLive, eid, addr, "", ""); err != nil {
@@ -179,7 +179,7 @@ func TestRestoreGoodFile(t *testing.T) {
 	}
 
 	// Docker's replayed Leave now does the real work.
-	d.apply(peerdb.Update{Reset: true})
+	drainAll(d.apply(peerdb.Update{Reset: true}))
 	r.plane.calls = nil
 	if err := d.Leave(context.Background(), nidLive, eidUp); err != nil {
 		t.Fatal(err)
