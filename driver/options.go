@@ -51,7 +51,6 @@ func invalid(format string, args ...any) error {
 
 // options are the parsed network options.
 type options struct {
-	raw       map[string]string
 	vnis      []uint32 // nil: allocate
 	mtu       int      // underlay MTU; 0: the data interface's
 	name      string   // OptName, standalone networks only
@@ -61,7 +60,7 @@ type options struct {
 // parseOptions validates the user's options. Unknown options are refused,
 // naming the accepted ones.
 func parseOptions(raw map[string]string) (options, error) {
-	o := options{raw: raw}
+	var o options
 	var unknown []string
 	for k := range raw {
 		if _, ok := accepted[k]; !ok {

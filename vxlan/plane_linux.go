@@ -61,9 +61,12 @@ func New(cfg Config) (*Plane, error) {
 	if cfg.NSDir == "" || !cfg.DataAddr.Is4() || cfg.Port <= 0 {
 		return nil, fmt.Errorf("vxlan: incomplete config %+v", cfg)
 	}
-	host, err := netns.Get()
+	var host netns.NsHandle
+	var err error
 	if cfg.HostNS != "" {
 		host, err = netns.GetFromPath(cfg.HostNS)
+	} else {
+		host, err = netns.Get()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("vxlan: open host namespace: %w", err)
