@@ -86,7 +86,7 @@ func inspect(cmd string, args []string) error {
 		if *asJSON {
 			json.NewEncoder(os.Stdout).Encode(problems)
 		} else if len(problems) == 0 {
-			fmt.Fprintln(w, "ok: the kernel holds exactly the peers etcd says")
+			fmt.Fprintln(w, "ok: the kernel holds exactly the peers the table says (etcd's, and gossip's not yet in etcd); no conflicts")
 		} else {
 			fmt.Fprintf(w, "NETWORK\tPROBLEM\tENTRY\n")
 			for _, p := range problems {

@@ -4,7 +4,7 @@
 //	vxnet plugin [flags]   serve Docker's network-driver protocol
 //	vxnet status           this node, etcd's health, the nodes alive
 //	vxnet peers [NETWORK]  the cluster's endpoints and whether they are programmed here
-//	vxnet check            kernel vs etcd on this host; exit 1 on any difference
+//	vxnet check            kernel vs the peer table on this host; exit 1 on any difference or conflict
 //	vxnet rotate           start a new key epoch for encrypted networks now
 //	vxnet settings         list every setting (environment and flags)
 //	vxnet version
@@ -47,7 +47,7 @@ const usage = `usage: vxnet COMMAND
   plugin     serve Docker's network-driver protocol on VXNET_SOCKET
   status     this node, etcd's health and the nodes alive
   peers      the cluster's endpoints [of one network] and whether this host programmed them
-  check      compare this host's kernel with etcd; exit 1 listing every missing or stale entry
+  check      compare this host's kernel with the peer table; exit 1 listing every missing or stale entry and conflict
   rotate     start a new IPsec key epoch now (every node follows, no packet lost)
   settings   list every setting, its environment variable, flag and default
   version    print the version
