@@ -1,8 +1,18 @@
 // Package ipsec encrypts the VXLAN traffic of vxnet's encrypted networks
-// between hosts: node keys and the keys derived from them (keys.go), the
-// kernel's IPsec state (xfrm_linux.go) and the firewall that keeps
-// plaintext out (firewall_linux.go). It programs the kernel and keeps no
-// state; the driver decides what to program.
+// between hosts. It holds:
+//
+//   - node keys, their epochs and the SAs derived from them (keys.go);
+//   - the kernel's SAs and policies (xfrm_linux.go, Kernel) and the
+//     firewall that keeps plaintext out (firewall_linux.go, Firewall),
+//     together a Host;
+//   - the key and rotation protocol below (Encryption: encryption.go for
+//     its API and loop, rotation.go for its rules), which decides what the
+//     Host programs from the key records in etcd (KeyStore, implemented by
+//     peerdb.Store).
+//
+// The driver only tells Encryption when encrypted networks come and go
+// (Attach, Restore, Detach) and shows its Status; it keeps no key or SA
+// state of its own.
 //
 // # Terms
 //
@@ -49,6 +59,41 @@
 // therefore never installs an outbound SA for an epoch it may have used
 // before (all epochs up to the highest it knew when it started) and
 // starts a rotation instead.
+//
+// Encryption's rules: the first full key table from etcd moves a host one
+// epoch above every epoch anyone has (its own, its peers', those of the
+// SAs a previous run left in the kernel); a host follows the highest epoch
+// it sees; the epoch is saved in the key file before any SA of it is
+// installed, so epochs only grow, also across restarts. Every second
+// (tickEvery) it retries what failed; every five (repairTicks) it reads
+// the kernel's state back: a lost policy is set again, a lost SA is replaced
+// by starting a new epoch, never by installing the same key again.
+//
+// # Epoch bounds
+//
+// The kernel keeps an SA's epoch in the low EpochBits (24) of its reqid,
+// beside vxnet's tag: that is how a restarted host learns which epochs
+// its SAs were of. Epochs therefore run from 1 to MaxEpoch (2^24-1) and
+// never wrap: a host at MaxEpoch refuses to rotate with ErrLastEpoch and
+// keeps its current keys (at the default 12-hour rotation, 23,000 years).
+// A peer's record is followed only if its epoch is not 0, not beyond
+// MaxEpoch and at most MaxEpochLead (2^16) above the highest epoch this
+// host knows (CheckEpoch); any other record is ignored and logged, and
+// the peer's previous record stays, so a broken or hostile record can
+// neither use up the epochs nor make a host reuse one.
+//
+// # A bad key file
+//
+// A key file (ipsec.key in the state directory) that cannot be used —
+// corrupt, not an X25519 key, an epoch beyond MaxEpoch — is never
+// replaced silently. The host still starts: NewEncryption returns an
+// Encryption that refuses encrypted networks (Check, Attach, Rotate) with
+// an error naming the fix (remove the file and restart the plugin), and
+// publishes nothing and touches no SA or policy. Plain networks are not
+// affected. Kernel IPsec state that cannot be read is handled the same
+// way. Encrypted networks that survived a restart keep their VNIs in the
+// firewall (Restore), so their traffic stops rather than leave in
+// plaintext.
 //
 // # Fail closed
 //

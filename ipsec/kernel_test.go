@@ -75,6 +75,26 @@ func TestFirewallRoundTrip(t *testing.T) {
 
 func kernelIn() (*Kernel, error) { return NewKernel(local, 4789) }
 
+// The reqid holds vxnet's tag and the whole epoch: SAs reads back what
+// reqid wrote, and a reqid of another tag is not vxnet's.
+func TestReqid(t *testing.T) {
+	for _, c := range []struct {
+		epoch uint64
+		want  int
+	}{{1, 0x76000001}, {0x1234, 0x76001234}, {MaxEpoch, 0x76ffffff}} {
+		got := reqid(c.epoch)
+		if got != c.want {
+			t.Errorf("reqid(%d) = %#x; want %#x", c.epoch, got, c.want)
+		}
+		if got&^reqidEpoch != reqidBase || uint64(got&reqidEpoch) != c.epoch {
+			t.Errorf("reqid %#x reads back as tag %#x, epoch %d; want %#x, %d", got, got&^reqidEpoch, got&reqidEpoch, reqidBase, c.epoch)
+		}
+	}
+	if other := 0x77000001; other&^reqidEpoch == reqidBase {
+		t.Errorf("reqid %#x taken for vxnet's", other)
+	}
+}
+
 func TestPolicyRoundTrip(t *testing.T) {
 	inScratch(t, func() error {
 		k, err := kernelIn()

@@ -13,6 +13,7 @@ import (
 	"os"
 
 	"github.com/vxnet/vxnet/internal/statefile"
+	"github.com/vxnet/vxnet/vxlan"
 )
 
 // Algorithm is the AEAD of every SA: AES-256 in GCM as ESP uses it (RFC
@@ -134,7 +135,7 @@ type SA struct {
 type Installed struct {
 	Src, Dst netip.Addr
 	SPI      uint32
-	Epoch    uint32 // low 24 bits of the epoch
+	Epoch    uint32 // the epoch, read from the reqid's EpochBits
 }
 
 // Derive computes the SA for packets from src to dst in epoch from this
@@ -178,7 +179,6 @@ const (
 	espICV     = ICVBits / 8
 	espTrailer = 2
 	ipv4Header = 20
-	vxlanAll   = 50 // outer IPv4, UDP, VXLAN and inner Ethernet headers
 )
 
 // MaxMTU is the largest overlay MTU whose packets, VXLAN-encapsulated and
@@ -189,5 +189,5 @@ const (
 func MaxMTU(underlay int) int {
 	room := underlay - ipv4Header - espHeader - espIV - espICV // for the padded part
 	room &^= 3
-	return room - espTrailer - (vxlanAll - ipv4Header)
+	return room - espTrailer - (vxlan.Overhead - ipv4Header) // vxlan.Overhead counts the outer IPv4 header
 }

@@ -15,12 +15,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// reqidBase marks vxnet's SAs: their reqid is reqidBase plus the epoch's
-// low 24 bits. A policy's template names the reqid, so switching a policy
-// to a new epoch's SA is one policy update.
+// reqidBase marks vxnet's SAs: their reqid is reqidBase plus the epoch,
+// which fills the low EpochBits (reqidEpoch; epochs never exceed
+// MaxEpoch). A policy's template names the reqid, so switching a policy to
+// a new epoch's SA is one policy update.
 const (
-	reqidBase = 0x76000000
-	reqidMask = 0xff000000
+	reqidBase  = 0x76000000
+	reqidEpoch = int(MaxEpoch) // the reqid's epoch bits; the rest are reqidBase's
 )
 
 // replayWindow is the anti-replay window, in packets. SAs use extended
@@ -28,7 +29,7 @@ const (
 // rotations even at line rate.
 const replayWindow = 1024
 
-func reqid(epoch uint64) int { return reqidBase | int(epoch&0xffffff) }
+func reqid(epoch uint64) int { return reqidBase | int(epoch&MaxEpoch) }
 
 // Kernel programs the SAs and policies of one data address in the
 // namespace it was made in (the host's, where VXLAN packets leave).
@@ -101,10 +102,10 @@ func (k *Kernel) SAs() ([]Installed, error) {
 	for _, s := range list {
 		src, _ := netip.AddrFromSlice(s.Src.To4())
 		dst, _ := netip.AddrFromSlice(s.Dst.To4())
-		if s.Proto != netlink.XFRM_PROTO_ESP || s.Reqid&reqidMask != reqidBase || (src != k.local && dst != k.local) {
+		if s.Proto != netlink.XFRM_PROTO_ESP || s.Reqid&^reqidEpoch != reqidBase || (src != k.local && dst != k.local) {
 			continue
 		}
-		out = append(out, Installed{Src: src, Dst: dst, SPI: uint32(s.Spi), Epoch: uint32(s.Reqid &^ reqidMask)})
+		out = append(out, Installed{Src: src, Dst: dst, SPI: uint32(s.Spi), Epoch: uint32(s.Reqid & reqidEpoch)})
 	}
 	return out, nil
 }
@@ -196,6 +197,8 @@ type Host struct {
 	*Kernel
 	Firewall
 }
+
+var _ Programmer = Host{}
 
 // Probe reports whether the kernel can install vxnet's SAs (see Probe) and
 // hold its firewall.
