@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/vxlan"
 )
@@ -44,6 +45,23 @@ type PeerStore interface {
 	LeaveNamedNetwork(ctx context.Context, nid, node string) (bool, error)
 }
 
+// Encrypter protects the traffic of encrypted networks between hosts;
+// ipsec.Encryption is the implementation.
+type Encrypter interface {
+	// Check reports whether this host can carry encrypted networks.
+	Check() error
+	// Attach protects the VNIs of a network before its devices exist;
+	// Detach ends that once they are gone; Restore takes back the VNIs
+	// of a network a previous run attached.
+	Attach(vnis []uint32) error
+	Detach(vnis []uint32) error
+	Restore(vnis []uint32) error
+	// Unprotected lists the VTEPs of vteps that have no SA to use.
+	Unprotected(vteps map[netip.Addr]bool) ([]netip.Addr, error)
+	Status() ipsec.Status
+	Rotate(ctx context.Context) (uint64, error)
+}
+
 // Config is what the driver knows about its node.
 type Config struct {
 	Node     string
@@ -54,8 +72,6 @@ type Config struct {
 	StateFile string
 	// Scope is "global" (swarm) or "local" (standalone hosts).
 	Scope string
-	// Encryption carries encrypted networks; nil refuses them.
-	Encryption *Encryption
 }
 
 // Driver is the network driver of one node.
@@ -63,6 +79,7 @@ type Driver struct {
 	cfg   Config
 	plane DataPlane
 	store PeerStore
+	enc   Encrypter // nil: encrypted networks are refused
 	log   *logrus.Entry
 
 	// mu guards networks (and the fields of each network and endpoint the
@@ -126,12 +143,14 @@ type endpoint struct {
 	attached bool // joined: its interface exists and its record is published
 }
 
-// New returns a driver. Call Run to apply the cluster's peers.
-func New(cfg Config, plane DataPlane, store PeerStore, log *logrus.Entry) *Driver {
+// New returns a driver; enc carries encrypted networks, or is nil to
+// refuse them. Call Run to apply the cluster's peers.
+func New(cfg Config, plane DataPlane, store PeerStore, enc Encrypter, log *logrus.Entry) *Driver {
 	return &Driver{
 		cfg:      cfg,
 		plane:    plane,
 		store:    store,
+		enc:      enc,
 		log:      log,
 		networks: map[string]*network{},
 		table:    peerdb.NewTable(cfg.Node, log.WithField("part", "table")),

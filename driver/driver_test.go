@@ -171,7 +171,7 @@ func newTestDriver(t *testing.T) (*Driver, *fakePlane, *fakeStore) {
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	d := New(Config{Node: "h1", Underlay: vxlan.Underlay{Addr: self, MTU: 1500}, VNIRange: peerdb.VNIRange{First: 1, Last: 9}},
-		p, s, logrus.NewEntry(log))
+		p, s, nil, logrus.NewEntry(log))
 	ctx := context.Background()
 	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "n1", Options: map[string]string{OptVNIs: "42"},
 		IPv4: []IPAMData{{Pool: "198.18.0.0/24", Gateway: "198.18.0.1/24"}}}); err != nil {

@@ -273,10 +273,10 @@ func (d *Driver) attach(n *network, ep *endpoint) error {
 		// An encrypted network's VNIs are protected before its VXLAN
 		// devices exist: no packet of it ever passes in plaintext.
 		if n.encrypted {
-			if d.cfg.Encryption == nil {
+			if d.enc == nil {
 				return errEncryptionOff
 			}
-			if err := d.cfg.Encryption.attach(n.vnis()); err != nil {
+			if err := d.enc.Attach(n.vnis()); err != nil {
 				return fmt.Errorf("encrypt network %s on this host: %w", n.nid, err)
 			}
 		}
@@ -360,7 +360,7 @@ func (d *Driver) unprotect(n *network) error {
 	if !n.encrypted {
 		return nil
 	}
-	return d.cfg.Encryption.detach(n.vnis())
+	return d.enc.Detach(n.vnis())
 }
 
 // record is the cluster's record of an own endpoint. d.mu must be held.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/vxlan"
 )
@@ -28,7 +29,7 @@ type Status struct {
 	Members   []peerdb.Member `json:"serf_members"`
 	Pending   int             `json:"pending_etcd_writes"`
 	// Encryption is nil where encryption is off.
-	Encryption *EncryptionStatus `json:"encryption,omitempty"`
+	Encryption *ipsec.Status `json:"encryption,omitempty"`
 }
 
 // statusTimeout bounds the etcd read of `vxnet status`.
@@ -60,7 +61,7 @@ func (d *Driver) localStatus() Status {
 		st.Endpoints += len(n.endpoints)
 	}
 	st.Pending = len(d.table.Pending())
-	gossip, enc := d.gossip, d.cfg.Encryption
+	gossip, enc := d.gossip, d.enc
 	d.mu.Unlock()
 	if enc != nil {
 		es := enc.Status()
@@ -230,12 +231,12 @@ func (d *Driver) Check() ([]Problem, error) {
 				out = append(out, Problem{Network: n.nid, Kind: "missing", Peer: describe(p)})
 			}
 		}
-		if n.encrypted && d.cfg.Encryption != nil {
+		if n.encrypted && d.enc != nil {
 			vteps := map[netip.Addr]bool{}
 			for _, p := range ns.want {
 				vteps[p.VTEP] = true
 			}
-			missing, err := d.cfg.Encryption.unprotected(vteps)
+			missing, err := d.enc.Unprotected(vteps)
 			if err != nil {
 				return nil, err
 			}
@@ -263,8 +264,8 @@ func describe(p vxlan.Peer) string {
 // Rotate starts a new key epoch for encrypted networks now; every node
 // follows it without losing a packet.
 func (d *Driver) Rotate(ctx context.Context) (uint64, error) {
-	if d.cfg.Encryption == nil {
+	if d.enc == nil {
 		return 0, errEncryptionOff
 	}
-	return d.cfg.Encryption.Rotate(ctx)
+	return d.enc.Rotate(ctx)
 }

@@ -205,7 +205,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
 		return fmt.Errorf("remove namespace of network %s: %w", nid, err)
 	}
 	if wasAttached && n.encrypted {
-		if err := d.cfg.Encryption.detach(n.vnis()); err != nil {
+		if err := d.enc.Detach(n.vnis()); err != nil {
 			d.log.WithField("nid", nid).WithError(err).Error("unprotecting the VNIs of a deleted network")
 		}
 	}
@@ -225,10 +225,10 @@ func (d *Driver) checkEncryption(o options) error {
 	if !o.encrypted {
 		return nil
 	}
-	if d.cfg.Encryption == nil {
+	if d.enc == nil {
 		return errEncryptionOff
 	}
-	return d.cfg.Encryption.Check()
+	return d.enc.Check()
 }
 
 // overlayMTU is the MTU containers get on an underlay of the given MTU:

@@ -93,9 +93,9 @@ func (d *Driver) Restore() error {
 			continue
 		}
 		if n.encrypted {
-			if d.cfg.Encryption == nil {
+			if d.enc == nil {
 				d.log.WithField("nid", n.nid).Error("node state holds an attached encrypted network, but encryption is off: its VNIs stay as the kernel has them")
-			} else if err := d.cfg.Encryption.restore(n.vnis()); err != nil {
+			} else if err := d.enc.Restore(n.vnis()); err != nil {
 				d.log.WithField("nid", n.nid).WithError(err).Error("protecting a restored encrypted network")
 			}
 		}

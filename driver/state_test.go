@@ -66,7 +66,7 @@ func newRestartable(t *testing.T) *restartable {
 		plane: &fakePlane{nets: map[string]bool{}, peers: map[string]map[string]vxlan.Peer{}},
 		store: &etcdStore{fakeStore: &fakeStore{}, nets: map[string]peerdb.Network{}},
 	}
-	d := New(r.cfg, r.plane, r.store, quietLog())
+	d := New(r.cfg, r.plane, r.store, nil, quietLog())
 	ctx := context.Background()
 	for nid, c := range map[string]struct{ vni, pool string }{nidLive: {"42", "198.18.0.0/24"}, nidIdle: {"43", "198.18.1.0/24"}} {
 		opts := map[string]string{OptVNIs: c.vni}
@@ -110,7 +110,7 @@ func (r *restartable) restart(t *testing.T) (*Driver, string) {
 	log.SetOutput(&out)
 	log.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
 	r.plane.calls = nil
-	d := New(r.cfg, r.plane, r.store, logrus.NewEntry(log))
+	d := New(r.cfg, r.plane, r.store, nil, logrus.NewEntry(log))
 	if err := d.Restore(); err != nil {
 		t.Fatalf("Restore: %v", err)
 	}

@@ -381,3 +381,16 @@ func (e *Encryption) Status() Status {
 	defer e.mu.Unlock()
 	return Status{Epoch: e.key.Epoch, Peers: len(e.peers), Inbound: len(e.in), Outbound: len(e.out), Active: e.active}
 }
+
+// The grace period's bounds: long enough for a peer's switch to reach
+// every host over etcd, short enough that old keys do not linger.
+const (
+	minGrace = 2 * time.Second
+	maxGrace = 30 * time.Second
+)
+
+// GraceFor is the grace period for a rotation period: half of it, within
+// 2–30 s.
+func GraceFor(rotate time.Duration) time.Duration {
+	return max(min(rotate/2, maxGrace), minGrace)
+}

@@ -49,7 +49,7 @@ func TestEncryptedRefusedWithoutESP(t *testing.T) {
 	}
 }
 
-func encStatus(t *testing.T, h *lab.Host) driver.EncryptionStatus {
+func encStatus(t *testing.T, h *lab.Host) ipsec.Status {
 	t.Helper()
 	var st driver.Status
 	if err := h.Call(plugin.StatusPath, nil, &st); err != nil {

@@ -201,8 +201,7 @@ func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *log
 	d := driver.New(driver.Config{
 		Node: s.NodeName, Underlay: underlay, VNIRange: s.VNIRange,
 		StateFile: filepath.Join(s.StateDir, "state.json"), Scope: s.Scope,
-		Encryption: enc,
-	}, plane, store, log.WithField("part", "driver"))
+	}, plane, store, enc, log.WithField("part", "driver"))
 	if err := d.Restore(); err != nil {
 		return err
 	}
@@ -245,7 +244,7 @@ func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *log
 // startEncryption loads the node key and takes over the IPsec state left
 // in the kernel. The firewall table is made now, so its rules are in place
 // (and rewritten if a previous version left others) before any network.
-func startEncryption(s config.Settings, local netip.Addr, store *peerdb.Store, log *logrus.Entry) (*driver.Encryption, error) {
+func startEncryption(s config.Settings, local netip.Addr, store *peerdb.Store, log *logrus.Entry) (*ipsec.Encryption, error) {
 	fw := ipsec.Firewall{Port: uint16(s.VXLANPort)}
 	if err := fw.Ensure(); err != nil {
 		log.WithError(err).Error("no firewall for encrypted networks: they will be refused on this host")
@@ -254,9 +253,9 @@ func startEncryption(s config.Settings, local netip.Addr, store *peerdb.Store, l
 	if err != nil {
 		return nil, err
 	}
-	return driver.NewEncryption(driver.EncryptionConfig{
+	return ipsec.NewEncryption(ipsec.Config{
 		Node: s.NodeName, Local: local, KeyFile: filepath.Join(s.StateDir, "ipsec.key"),
-		Rotate: s.KeyRotation, Grace: max(min(s.KeyRotation/2, 30*time.Second), 2*time.Second),
+		Rotate: s.KeyRotation, Grace: ipsec.GraceFor(s.KeyRotation),
 	}, ipsec.Host{Kernel: kern, Firewall: fw}, store, log)
 }
 
