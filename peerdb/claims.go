@@ -1,0 +1,294 @@
+package peerdb
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+)
+
+// This half of the table turns the merged records into each attached
+// network's kernel entries: which records are candidates (valid, owned by
+// the node that stored them, clear of this host's addresses), and which
+// candidate holds each IP and MAC.
+
+
+// Attach starts (or updates) the table's view of network cid, attached on
+// this node, and returns the kernel changes the new view makes.
+func (t *Table) Attach(cid string, spec NetworkSpec) Changes {
+	v := t.nets[cid]
+	if v == nil {
+		v = &netView{cand: map[Key]Endpoint{}, byIP: map[netip.Addr]map[Key]struct{}{},
+			byMAC: map[string]map[Key]struct{}{}, prog: map[Key]Endpoint{}}
+		t.nets[cid] = v
+	}
+	v.spec = spec
+	v.reserved = map[netip.Addr]bool{}
+	for _, a := range spec.Reserved {
+		v.reserved[a] = true
+	}
+	v.resMACs = map[string]bool{}
+	for _, m := range spec.ReservedMACs {
+		if hw, err := CheckMAC(m); err == nil {
+			m = hw.String()
+		}
+		v.resMACs[m] = true
+	}
+	ch := Changes{}
+	t.refreshNet(ch, cid)
+	return ch
+}
+
+// Detach ends the view of network cid: its kernel entries go with its
+// namespace.
+func (t *Table) Detach(cid string) { delete(t.nets, cid) }
+
+// Desired lists the entries the kernel of network cid must hold.
+func (t *Table) Desired(cid string) []Endpoint {
+	v := t.nets[cid]
+	if v == nil {
+		return nil
+	}
+	out := make([]Endpoint, 0, len(v.prog))
+	for _, e := range v.prog {
+		out = append(out, e)
+	}
+	return out
+}
+
+// Programmed reports whether the kernel of cid must hold the record of k.
+func (t *Table) Programmed(cid string, k Key) bool {
+	v := t.nets[cid]
+	if v == nil {
+		return false
+	}
+	_, ok := v.prog[k]
+	return ok
+}
+
+// Conflicts lists the records of attached networks that lost an IP or a
+// MAC to an older claim or to this node's own endpoints and gateways.
+func (t *Table) Conflicts() []Conflict {
+	var out []Conflict
+	for cid, v := range t.nets {
+		for k := range t.byNet[cid] {
+			e, ok := t.effective(k)
+			if !ok || e.Node == t.self {
+				continue
+			}
+			if err := t.checkOwner(e, t.FromGossip(k)); err != nil {
+				continue
+			}
+			if v.reserved[e.IP] {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "ip " + e.IP.String()})
+			} else if v.resMACs[e.MAC] {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "mac " + e.MAC})
+			}
+			if _, ok := v.cand[k]; !ok {
+				continue
+			}
+			if w := t.winner(v.byIP[e.IP]); w != k {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "ip " + e.IP.String()})
+			} else if w := t.winner(v.byMAC[e.MAC]); w != k {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "mac " + e.MAC})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Conflict) int {
+		return cmp.Or(cmp.Compare(a.CID, b.CID), cmp.Compare(a.What, b.What), cmp.Compare(a.Loser.EID, b.Loser.EID))
+	})
+	return out
+}
+
+func (t *Table) refreshNet(ch Changes, cid string) {
+	for k := range t.byNet[cid] {
+		t.refresh(ch, k)
+	}
+	// Records no longer held at all still leave the kernel.
+	if v := t.nets[cid]; v != nil {
+		for k := range v.cand {
+			if _, held := t.byNet[cid][k]; !held {
+				t.refresh(ch, k)
+			}
+		}
+	}
+}
+
+// refresh recomputes whether the record of k is a candidate for its
+// network's kernel, and settles every claim it takes part in.
+func (t *Table) refresh(ch Changes, k Key) {
+	v := t.nets[k.NID]
+	if v == nil {
+		return
+	}
+	old, had := v.cand[k]
+	cur, ok := t.candidate(v, k)
+	if had && ok && old == cur {
+		return
+	}
+	affected := map[Key]struct{}{k: {}}
+	if had {
+		v.unclaim(k, old)
+		delete(v.cand, k)
+		v.claimants(affected, old)
+	}
+	if ok {
+		v.cand[k] = cur
+		v.claim(k, cur)
+		v.claimants(affected, cur)
+	}
+	for a := range affected {
+		t.settle(ch, k.NID, v, a)
+	}
+}
+
+// candidate returns the record of k if the kernel may hold it: a remote
+// node's record, valid, in a subnet of the network, on no address or
+// MAC reserved by this node.
+func (t *Table) candidate(v *netView, k Key) (Endpoint, bool) {
+	e, ok := t.effective(k)
+	if !ok || e.Node == t.self {
+		return Endpoint{}, false
+	}
+	if err := t.checkOwner(e, t.FromGossip(k)); err != nil {
+		t.refuse("owner", k, err)
+		return Endpoint{}, false
+	}
+	hw, err := CheckMAC(e.MAC)
+	if err != nil {
+		t.refuse("mac", k, err)
+		return Endpoint{}, false
+	}
+	mac := hw.String()
+	if !inSubnets(v.spec.Subnets, e.IP) {
+		t.refuse("ip", k, fmt.Errorf("address %s is in no subnet of the network, or is a subnet's network or broadcast address", e.IP))
+		return Endpoint{}, false
+	}
+	if v.reserved[e.IP] || v.resMACs[mac] {
+		t.refuse("reserved", k, fmt.Errorf("address %s or MAC %s belongs to this host (an own endpoint or a gateway)", e.IP, mac))
+		return Endpoint{}, false
+	}
+	delete(t.refusals, k)
+	// Only what the kernel entries and the ordering need.
+	return Endpoint{NID: e.NID, EID: e.EID, IP: e.IP, MAC: mac, VTEP: e.VTEP, Node: e.Node,
+		Written: e.Written, Version: e.Version, CreateRevision: t.etcd[k].CreateRevision}, true
+}
+
+// checkOwner checks that a record speaks for its node: the node has a
+// record, holds its data address by the first claim, the record's VTEP is
+// that address, and a record from etcd is stored under the node's lease.
+func (t *Table) checkOwner(e Endpoint, gossiped bool) error {
+	n, ok := t.nodes[e.Node]
+	switch {
+	case !ok:
+		return fmt.Errorf("its node %.64q has no node record", e.Node)
+	case t.addrOwner[n.DataAddr] != n.Name:
+		return fmt.Errorf("node %s claims data address %s, which node %s claimed first", n.Name, n.DataAddr, t.addrOwner[n.DataAddr])
+	case e.VTEP != n.DataAddr:
+		return fmt.Errorf("VTEP %s is not the data address %s of its node %s", e.VTEP, n.DataAddr, n.Name)
+	case !gossiped && n.Lease != 0 && e.Lease != n.Lease:
+		return fmt.Errorf("stored under lease %x, not under its node %s's lease %x", e.Lease, n.Name, n.Lease)
+	}
+	return nil
+}
+
+// inSubnets reports whether ip is a host address of one of subnets.
+func inSubnets(subnets []netip.Prefix, ip netip.Addr) bool {
+	for _, s := range subnets {
+		if !s.Contains(ip) {
+			continue
+		}
+		if ip == s.Masked().Addr() && s.Bits() < s.Addr().BitLen()-1 {
+			return false
+		}
+		if ip.Is4() && s.Bits() < 31 && ip == lastAddr(s) {
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(math.MaxUint32) >> p.Bits()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// settle decides whether the candidate k wins both its IP and its MAC,
+// and records the kernel change if that differs from before.
+func (t *Table) settle(ch Changes, cid string, v *netView, k Key) {
+	e, ok := v.cand[k]
+	win := ok && t.winner(v.byIP[e.IP]) == k && t.winner(v.byMAC[e.MAC]) == k
+	p, was := v.prog[k]
+	switch {
+	case win && was && samePeer(p, e):
+		v.prog[k] = e
+	case win:
+		if was {
+			ch.of(cid).Del = append(ch.of(cid).Del, p)
+		}
+		ch.of(cid).Add = append(ch.of(cid).Add, e)
+		v.prog[k] = e
+	case was:
+		ch.of(cid).Del = append(ch.of(cid).Del, p)
+		delete(v.prog, k)
+	}
+}
+
+// winner is the claim that holds an IP or a MAC: the record etcd created
+// first; records etcd has not confirmed come after all it has, then by
+// key. Every node that holds the same records decides the same.
+func (t *Table) winner(keys map[Key]struct{}) Key {
+	var best Key
+	var bestRev int64
+	first := true
+	for k := range keys {
+		rev := t.etcd[k].CreateRevision
+		if rev == 0 {
+			rev = math.MaxInt64
+		}
+		if first || rev < bestRev || rev == bestRev && cmp.Or(cmp.Compare(k.NID, best.NID), cmp.Compare(k.EID, best.EID)) < 0 {
+			best, bestRev, first = k, rev, false
+		}
+	}
+	return best
+}
+
+func (v *netView) claim(k Key, e Endpoint) {
+	if v.byIP[e.IP] == nil {
+		v.byIP[e.IP] = map[Key]struct{}{}
+	}
+	v.byIP[e.IP][k] = struct{}{}
+	if v.byMAC[e.MAC] == nil {
+		v.byMAC[e.MAC] = map[Key]struct{}{}
+	}
+	v.byMAC[e.MAC][k] = struct{}{}
+}
+
+func (v *netView) unclaim(k Key, e Endpoint) {
+	delete(v.byIP[e.IP], k)
+	if len(v.byIP[e.IP]) == 0 {
+		delete(v.byIP, e.IP)
+	}
+	delete(v.byMAC[e.MAC], k)
+	if len(v.byMAC[e.MAC]) == 0 {
+		delete(v.byMAC, e.MAC)
+	}
+}
+
+func (v *netView) claimants(into map[Key]struct{}, e Endpoint) {
+	for k := range v.byIP[e.IP] {
+		into[k] = struct{}{}
+	}
+	for k := range v.byMAC[e.MAC] {
+		into[k] = struct{}{}
+	}
+}
+
+// samePeer reports whether two records program the same kernel entries.
+func samePeer(a, b Endpoint) bool {
+	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
+}
