@@ -25,7 +25,7 @@ test:
 
 # Tests that need neither root nor etcd.
 test-unit:
-	$(GO) test -count=1 ./config ./driver ./plugin ./ipsec
+	$(GO) test -count=1 ./config ./driver ./plugin ./ipsec ./monitoring
 
 # Three dockerd hosts in a swarm, vxnet installed from a lab registry.
 demo: plugin
