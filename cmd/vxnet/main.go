@@ -7,6 +7,7 @@
 //	vxnet check            kernel vs the peer table on this host; exit 1 on any difference or conflict
 //	vxnet rotate           start a new key epoch for encrypted networks now
 //	vxnet settings         list every setting (environment and flags)
+//	vxnet uninstall        remove what vxnet left on this host and its records in etcd
 //	vxnet version
 package main
 
@@ -50,6 +51,9 @@ const usage = `usage: vxnet COMMAND
   check      compare this host's kernel with the peer table; exit 1 listing every missing or stale entry and conflict
   rotate     start a new IPsec key epoch now (every node follows, no packet lost)
   settings   list every setting, its environment variable, flag and default
+  uninstall  once the plugin is removed, remove what it left on this host (namespaces,
+             devices, xfrm state, nftables table, state directory) and this node's etcd
+             records; takes the plugin's settings
   version    print the version
 
 Settings come from environment variables (docker plugin set) or flags;
@@ -71,6 +75,8 @@ func main() {
 		if errors.Is(err, errProblems) {
 			os.Exit(1)
 		}
+	case "uninstall":
+		err = uninstall(os.Args[2:])
 	case "settings":
 		config.WriteHelp(os.Stdout)
 	case "version":
