@@ -13,7 +13,6 @@ import (
 // the node that stored them, clear of this host's addresses), and which
 // candidate holds each IP and MAC.
 
-
 // Attach starts (or updates) the table's view of network cid, attached on
 // this node, and returns the kernel changes the new view makes.
 func (t *Table) Attach(cid string, spec NetworkSpec) Changes {

@@ -536,4 +536,3 @@ func (t *Table) dropIfUnheld(k Key) {
 		}
 	}
 }
-
