@@ -463,3 +463,27 @@ func TestRequestsAnsweredDuringABigReconcile(t *testing.T) {
 		t.Errorf("big network has %d peers programmed; want %d", got, bigBatch)
 	}
 }
+
+// After a full table, etcd holds exactly this node's attached endpoints:
+// a record under its name that no endpoint here has (etcd restored from an
+// old snapshot, a restart that lost a Leave) is withdrawn; a right one is
+// left alone.
+func TestResetWithdrawsOwnRecordsNoEndpointHas(t *testing.T) {
+	d, _, s := newTestDriver(t)
+	ctx := context.Background()
+	drainAll(d.apply(peerdb.Update{Reset: true}))
+	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	s.puts, s.dels = nil, nil
+	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
+		rec("e1", "198.18.0.2", self.String(), 5),
+		rec("old", "198.18.0.9", self.String(), 6),
+		rec("r1", "198.18.0.5", "192.0.2.12", 7), // another node's: not this node's to withdraw
+	}}))
+	d.republish(ctx)
+	if !slices.Equal(s.dels, []string{"old"}) || len(s.puts) != 0 {
+		t.Errorf("withdrawn %v, written %v; want only the stale own record withdrawn", s.dels, s.puts)
+	}
+}

@@ -81,23 +81,36 @@ func (d *Driver) Run(ctx context.Context) {
 // for when the node's lease was renewed and its records had lapsed.
 func (d *Driver) Republish(ctx context.Context) { d.publish(ctx, true) }
 
-// republish writes the records of this node's attached endpoints that
-// etcd lacks or holds wrong, so a record lost while this node was not
-// watching (or a restart) comes back.
+// republish makes etcd hold exactly this node's attached endpoints: it
+// writes the records etcd lacks or holds wrong, and withdraws records
+// under this node's name that no endpoint here has any more. So a record
+// lost while this node was not watching comes back, and one etcd kept
+// that the node dropped meanwhile (a restart, etcd restored from an old
+// snapshot) goes.
 func (d *Driver) republish(ctx context.Context) { d.publish(ctx, false) }
 
 func (d *Driver) publish(ctx context.Context, all bool) {
 	d.mu.Lock()
 	var recs []peerdb.Endpoint
+	mine := map[peerdb.Key]bool{}
 	for _, n := range d.networks {
 		for _, ep := range n.endpoints {
 			if !ep.attached {
 				continue
 			}
 			r := d.record(n, ep)
+			mine[r.Key()] = true
 			if cur, ok := d.table.Stored(r.Key()); all || !ok || !samePeer(cur, r) || cur.Node != r.Node {
 				r.Version = d.nextVersion()
 				recs = append(recs, r)
+			}
+		}
+	}
+	var stale []peerdb.Key
+	if !all {
+		for _, e := range d.table.StoredBy(d.cfg.Node) {
+			if !mine[e.Key()] {
+				stale = append(stale, e.Key())
 			}
 		}
 	}
@@ -111,6 +124,17 @@ func (d *Driver) publish(ctx context.Context, all bool) {
 			log.WithError(err).Error("republishing endpoint record")
 		} else {
 			log.Info("republished an endpoint record missing from etcd")
+		}
+	}
+	for _, k := range stale {
+		c, cancel := context.WithTimeout(ctx, etcdWriteTimeout)
+		err := d.store.DeleteEndpoint(c, k)
+		cancel()
+		log := d.log.WithFields(map[string]any{"nid": k.NID, "eid": k.EID})
+		if err != nil {
+			log.WithError(err).Error("withdrawing a stale record of this node")
+		} else {
+			log.Info("withdrew a record of this node that no endpoint here has")
 		}
 	}
 }

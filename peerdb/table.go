@@ -300,6 +300,17 @@ func (t *Table) markEtcdUp() {
 	}
 }
 
+// StoredBy lists the records etcd holds that name node as their owner.
+func (t *Table) StoredBy(node string) []Endpoint {
+	var out []Endpoint
+	for _, e := range t.etcd {
+		if e.Node == node {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Stored returns the record of k as etcd holds it.
 func (t *Table) Stored(k Key) (Endpoint, bool) {
 	e, ok := t.etcd[k]
