@@ -37,6 +37,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		code := m.Run()
+		teardownSharedSwarm() // the Docker lab tests' swarm, if one was built
 		os.RemoveAll(dir)
 		os.Exit(code)
 	}

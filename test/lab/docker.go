@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -353,6 +354,38 @@ func (s *Swarm) InstallPlugin(pluginDir, tag string, settings func(h *Host) []st
 	}
 	wg.Wait()
 	return ref
+}
+
+// WaitPluginReported waits until the swarm's manager lists network plugin
+// ref on every node. A node reports a new plugin to the managers some
+// seconds after the install (about 18 s with dockerd 20.10), and until
+// then swarm places no task of a service on its network there.
+func (s *Swarm) WaitPluginReported(ref string) {
+	t := s.t
+	t.Helper()
+	m := s.Daemons[0]
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := m.Docker("node", "ls", "-q")
+		if err == nil {
+			out, err = m.Docker(append([]string{"node", "inspect", "-f",
+				`{{range .Description.Engine.Plugins}}{{if eq .Type "Network"}}{{.Name}} {{end}}{{end}}`}, strings.Fields(out)...)...)
+		}
+		lines := strings.Split(out, "\n")
+		reported := 0
+		for _, l := range lines {
+			if slices.Contains(strings.Fields(l), ref) {
+				reported++
+			}
+		}
+		if err == nil && reported == len(s.Daemons) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("swarm lists plugin %s on %d of %d nodes after 60 s: %v\n%s", ref, reported, len(s.Daemons), err, out)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // stopProcess sends SIGTERM, then SIGKILL after grace.
