@@ -155,7 +155,7 @@ func TestDockerAttachableNetworkAcrossHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	operator := func(cmd string) (string, error) { return m.InHostMounts(bin, cmd, "--socket", sock) }
-	if out, err := operator("check"); err != nil || !strings.Contains(out, "ok: the kernel holds exactly the peers etcd says") {
+	if out, err := operator("check"); err != nil || !strings.Contains(out, "ok: the kernel holds exactly the peers the table says") {
 		t.Errorf("vxnet check from the plugin rootfs: %v\n%s", err, out)
 	}
 	if out, err := operator("peers"); err != nil || strings.Count(out, " yes") != 2 {
