@@ -37,6 +37,10 @@ import (
 	"github.com/vxnet/vxnet/peerdb"
 )
 
+// claimTries bounds the attempts to claim a free address when other hosts
+// keep taking the candidates first (each attempt re-reads the claims).
+const claimTries = 64
+
 // Store is the etcd side; peerdb.Store is the implementation.
 type Store interface {
 	AcquirePool(ctx context.Context, pool, rng netip.Prefix, node string) (peerdb.Pool, error)
@@ -252,7 +256,7 @@ func (a *Allocator) dynamic(ctx context.Context, p netip.Prefix, claim peerdb.Cl
 	if pool.Range.IsValid() {
 		rng = pool.Range
 	}
-	for range 64 {
+	for range claimTries {
 		used, err := a.store.Claimed(ctx, p)
 		if err != nil {
 			return netip.Addr{}, err

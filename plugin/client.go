@@ -12,6 +12,10 @@ import (
 	"time"
 )
 
+// callTimeout bounds one call of vxnet's own commands to the plugin:
+// longer than any request deadline the plugin sets itself.
+const callTimeout = 30 * time.Second
+
 // Call posts req to route of the plugin listening on socket, as Docker
 // does, and decodes the answer into resp (if not nil). An {"Err": ...}
 // answer comes back as an error holding the plugin's words. vxnet's own
@@ -21,7 +25,7 @@ func Call(socket, route string, req, resp any) error {
 	if err != nil {
 		return err
 	}
-	c := http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	c := http.Client{Timeout: callTimeout, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
