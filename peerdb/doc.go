@@ -9,7 +9,7 @@
 //	vnis/<vni, 8 digits>  the nid holding the VNI: the allocation claim
 //	endpoints/<nid>/<eid> Endpoint: IP, MAC, VTEP, node, version (leased)
 //	nodes/<name>          Node: data and control addresses, gossip public key (leased)
-//	gossip/key            the cluster's serf key, base64
+//	gossip/keyring        the cluster's serf keys, base64, the one in use first
 //	ipam/pools/<pool>     Pool: an IPAM pool, its --ip-range and its users
 //	ipam/addrs/<pool>/<ip> Claim: who holds an address (containers' leased)
 //
@@ -39,9 +39,10 @@
 //
 // A host speaks only for itself:
 //
-//   - serf runs with the cluster's gossip key (kept at gossip/key in etcd,
-//     made by the first node that needs it, or VXNET_GOSSIP_KEY): a host
-//     without it can neither join nor be heard;
+//   - serf runs with the cluster's gossip keys (kept at gossip/keyring in
+//     etcd, made by the first node that needs them and followed as they
+//     rotate, or VXNET_GOSSIP_KEY): a host without them can neither join
+//     nor be heard;
 //   - every announcement is signed with its node's Ed25519 key, whose
 //     public half is in the node's record; it may put or delete only that
 //     node's own records;

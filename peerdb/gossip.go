@@ -1,22 +1,20 @@
 package peerdb
 
 import (
-	"context"
+	"bytes"
 	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 	"github.com/sirupsen/logrus"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Gossip is the serf side of the peer table: membership, failure detection
@@ -31,6 +29,7 @@ import (
 // member can speak only for its own endpoints (Table.Gossip checks).
 type Gossip struct {
 	serf *serf.Serf
+	ring *memberlist.Keyring
 	node string
 	sign ed25519.PrivateKey
 	log  *logrus.Entry
@@ -67,8 +66,9 @@ type GossipConfig struct {
 	Node string
 	Addr netip.Addr
 	Port int
-	// Key is the cluster's gossip key: 16, 24 or 32 bytes (AES).
-	Key []byte
+	// Keys are the cluster's gossip keys (16, 24 or 32 bytes, AES), the
+	// one to send with first; messages under any of them are taken.
+	Keys [][]byte
 	// Sign is this node's signing key; its public half must be in the
 	// node's record for others to take its announcements.
 	Sign ed25519.PrivateKey
@@ -79,14 +79,18 @@ type GossipConfig struct {
 
 // StartGossip runs this node's serf member.
 func StartGossip(cfg GossipConfig, log *logrus.Entry) (*Gossip, error) {
-	if err := memberlist.ValidateKey(cfg.Key); err != nil {
+	if len(cfg.Keys) == 0 {
+		return nil, errors.New("no gossip key")
+	}
+	ring, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
+	if err != nil {
 		return nil, fmt.Errorf("gossip key: %w", err)
 	}
 	events := make(chan serf.Event, gossipQueue)
 	ml := memberlist.DefaultLANConfig()
 	ml.BindAddr, ml.BindPort = cfg.Addr.String(), cfg.Port
 	ml.AdvertiseAddr, ml.AdvertisePort = cfg.Addr.String(), cfg.Port
-	ml.SecretKey = cfg.Key
+	ml.Keyring = ring
 	ml.GossipVerifyIncoming, ml.GossipVerifyOutgoing = true, true
 	ml.LogOutput = io.Discard
 	sc := serf.DefaultConfig()
@@ -99,7 +103,7 @@ func StartGossip(cfg GossipConfig, log *logrus.Entry) (*Gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start serf on %s:%d (VXNET_SERF_PORT): %w", cfg.Addr, cfg.Port, err)
 	}
-	g := &Gossip{serf: s, node: cfg.Node, sign: cfg.Sign, log: log, done: make(chan struct{})}
+	g := &Gossip{serf: s, ring: ring, node: cfg.Node, sign: cfg.Sign, log: log, done: make(chan struct{})}
 	go g.loop(events, cfg.Updates)
 	return g, nil
 }
@@ -176,63 +180,32 @@ func (g *Gossip) Alive() int {
 	return n
 }
 
+// SetKeys makes keys the member's gossip keys, keys[0] the one it sends
+// with; others are dropped.
+func (g *Gossip) SetKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return errors.New("no gossip key")
+	}
+	for _, k := range keys {
+		if err := g.ring.AddKey(k); err != nil {
+			return err
+		}
+	}
+	if err := g.ring.UseKey(keys[0]); err != nil {
+		return err
+	}
+	for _, k := range g.ring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(w []byte) bool { return bytes.Equal(w, k) }) {
+			g.ring.RemoveKey(k)
+		}
+	}
+	return nil
+}
+
 // Close leaves the cluster, stops serf and waits for the event loop.
 func (g *Gossip) Close() error {
 	g.serf.Leave()
 	err := g.serf.Shutdown()
 	<-g.done
 	return err
-}
-
-// gossipKeyLen is the length of the gossip key vxnet makes: AES-256.
-const gossipKeyLen = 32
-
-// ParseGossipKey decodes a gossip key given in base64 (VXNET_GOSSIP_KEY).
-func ParseGossipKey(s string) ([]byte, error) {
-	k, err := base64.StdEncoding.DecodeString(s)
-	if err == nil {
-		err = memberlist.ValidateKey(k)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("gossip key (VXNET_GOSSIP_KEY): want 16, 24 or 32 bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`: %v", err)
-	}
-	return k, nil
-}
-
-func (s *Store) gossipKeyKey() string { return s.prefix + "/gossip/key" }
-
-// GossipKey returns the cluster's gossip key, making it if no node has:
-// a random 32-byte key written only if the key does not exist yet, so
-// every node gets the same. etcd's TLS and auth guard it.
-func (s *Store) GossipKey(ctx context.Context) ([]byte, error) {
-	cli, err := s.client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	fresh := make([]byte, gossipKeyLen)
-	if _, err := rand.Read(fresh); err != nil {
-		return nil, err
-	}
-	key := s.gossipKeyKey()
-	resp, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, base64.StdEncoding.EncodeToString(fresh))).
-		Else(clientv3.OpGet(key)).
-		Commit()
-	if err != nil {
-		return nil, s.wrap("read or make the gossip key", err)
-	}
-	if resp.Succeeded {
-		s.log.Info("made the cluster's gossip key")
-		return fresh, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, errors.New("gossip key vanished while read")
-	}
-	k, err := ParseGossipKey(string(kvs[0].Value))
-	if err != nil {
-		return nil, fmt.Errorf("the gossip key in etcd at %s is broken (delete it, then restart every plugin): %w", key, err)
-	}
-	return k, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -70,13 +71,14 @@ func (m *Membership) Run(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
-	key := cfg.GossipKey
-	if key == nil {
+	keys := [][]byte{cfg.GossipKey}
+	fromEtcd := cfg.GossipKey == nil
+	if fromEtcd {
 		err := retry.Until(ctx, publishRetry, func() error {
 			c, cancel := context.WithTimeout(ctx, publishTimeout)
 			defer cancel()
 			var err error
-			key, err = s.GossipKey(c)
+			keys, err = s.GossipKeys(c)
 			return err
 		}, func(err error, _ time.Duration) {
 			log.WithError(err).Warn("no gossip key yet (it is kept in etcd); gossip starts once etcd answers")
@@ -86,7 +88,7 @@ func (m *Membership) Run(ctx context.Context) {
 		}
 	}
 	g, err := StartGossip(GossipConfig{Node: cfg.Node.Name, Addr: cfg.Node.ControlAddr, Port: cfg.SerfPort,
-		Key: key, Sign: cfg.Sign, Updates: cfg.Updates}, log)
+		Keys: keys, Sign: cfg.Sign, Updates: cfg.Updates}, log)
 	if err != nil {
 		log.WithError(err).Error("gossip off: endpoint changes travel through etcd only")
 		<-ctx.Done()
@@ -96,6 +98,14 @@ func (m *Membership) Run(ctx context.Context) {
 	if cfg.OnGossip != nil {
 		cfg.OnGossip(g)
 	}
+	// The keyring in etcd is followed as it rotates; a key set by hand
+	// stays as it is.
+	rotations := make(chan [][]byte)
+	var watch sync.WaitGroup
+	defer watch.Wait()
+	if fromEtcd {
+		watch.Go(func() { s.WatchGossipKeys(ctx, rotations) })
+	}
 	tick := time.NewTicker(rejoinEvery)
 	defer tick.Stop()
 	for {
@@ -103,6 +113,10 @@ func (m *Membership) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case keys := <-rotations:
+			if err := g.SetKeys(keys); err != nil {
+				log.WithError(err).Error("taking the gossip keys from etcd; keeping the keys in use")
+			}
 		case <-tick.C:
 		}
 	}

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -10,6 +11,7 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +90,21 @@ func expectPeer(t *testing.T, h *lab.Host, nid string, c *lab.Container, owner *
 	}
 }
 
+// gossipKey is the key the cluster's serf members send with now.
+func gossipKey(t *testing.T, l *lab.Lab) []byte {
+	t.Helper()
+	val, _ := l.Etcd.Get(t, "/vxnet/gossip/keyring")
+	var ring struct{ Keys []string }
+	if err := json.Unmarshal([]byte(val), &ring); err != nil || len(ring.Keys) == 0 {
+		t.Fatalf("gossip keyring %q: %v", val, err)
+	}
+	key, err := base64.StdEncoding.DecodeString(ring.Keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 func logOf(t *testing.T, h *lab.Host) string {
 	t.Helper()
 	b, err := os.ReadFile(h.LogPath)
@@ -137,11 +154,7 @@ func TestOutsiderOnTheControlNetwork(t *testing.T) {
 	// With the cluster's key the outsider is a member, but it speaks for
 	// no node: unsigned, signed as h2 with its own key, or as itself
 	// with no node record, its records are refused.
-	keyVal, _ := l.Etcd.Get(t, "/vxnet/gossip/key")
-	key, err := base64.StdEncoding.DecodeString(keyVal)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := gossipKey(t, l)
 	s, err := startSerf(t, out, "insider", key, h1.Addr)
 	if err != nil {
 		t.Fatalf("outsider with the cluster key could not join (the test needs it to): %v", err)
@@ -284,4 +297,44 @@ func TestHostileEtcdRecords(t *testing.T) {
 		return nil
 	})
 	pingAll(t, cs)
+}
+
+// vxnet rotate-gossip-key replaces the cluster's serf key: every plugin
+// follows from etcd, gossip keeps working (a container started while etcd
+// is down is reached at once), and the retired key no longer gets anyone
+// in.
+func TestGossipKeyRotation(t *testing.T) {
+	l := newLab(t, 3)
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	nid, cs := networkOnEachHost(t, l, "gkey")
+	old := gossipKey(t, l)
+
+	cmd := exec.Command("nsenter", "--net="+h1.NS.Path(), vxnetBin, "rotate-gossip-key")
+	cmd.Env = []string{"VXNET_ETCD_ENDPOINTS=" + l.Etcd.Endpoint}
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("vxnet rotate-gossip-key: %v\n%s", err, out)
+	}
+	t.Logf("rotation took %v", time.Since(start).Round(time.Millisecond))
+	if bytes.Equal(gossipKey(t, l), old) {
+		t.Fatal("the key in use did not change")
+	}
+
+	// Gossip alone still carries a new container to every host.
+	l.Etcd.Stop()
+	c := must(h2.Run(nid, "198.18.10.9/24"))
+	eventually(t, "a container started while etcd is down reached by gossip", func() error {
+		return cs[0].NS.Ping(c.IP, 1)
+	})
+	l.RestartEtcd()
+
+	out := l.AddOutsider("outsider", outsiderAddr)
+	if _, err := startSerf(t, out, "retired", old, h1.Addr); err == nil {
+		t.Error("a member with the retired key joined serf")
+	}
+	for _, h := range l.Hosts {
+		if st, _ := vxnetCmd(h, "status"); strings.Contains(st, "retired") {
+			t.Errorf("%s lists the member with the retired key:\n%s", h.Name, st)
+		}
+	}
 }

@@ -6,6 +6,7 @@
 //	vxnet peers [NETWORK]  the cluster's endpoints and whether they are programmed here
 //	vxnet check            kernel vs the peer table on this host; exit 1 on any difference or conflict
 //	vxnet rotate           start a new key epoch for encrypted networks now
+//	vxnet rotate-gossip-key  replace the cluster's serf key kept in etcd
 //	vxnet settings         list every setting (environment and flags)
 //	vxnet uninstall        remove what vxnet left on this host and its records in etcd
 //	vxnet version
@@ -50,6 +51,9 @@ const usage = `usage: vxnet COMMAND
   peers      the cluster's endpoints [of one network] and whether this host programmed them
   check      compare this host's kernel with the peer table; exit 1 listing every missing or stale entry and conflict
   rotate     start a new IPsec key epoch now (every node follows, no packet lost)
+  rotate-gossip-key
+             replace the cluster's serf key kept in etcd (every plugin follows); takes
+             the plugin's etcd settings
   settings   list every setting, its environment variable, flag and default
   uninstall  once the plugin is removed, remove what it left on this host (namespaces,
              devices, xfrm state, nftables table, state directory) and this node's etcd
@@ -75,6 +79,8 @@ func main() {
 		if errors.Is(err, errProblems) {
 			os.Exit(1)
 		}
+	case "rotate-gossip-key":
+		err = rotateGossipKey(os.Args[2:])
 	case "uninstall":
 		err = uninstall(os.Args[2:])
 	case "settings":
@@ -190,12 +196,9 @@ func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *log
 		return err
 	}
 	defer plane.Close()
-	store, err := peerdb.Open(peerdb.Config{
-		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
-		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
-		Username: s.EtcdUser, Password: s.EtcdPassword,
-		LeaseTTL: s.NodeTTL, LeaseFile: filepath.Join(s.StateDir, "lease"),
-	}, log.WithField("part", "peerdb"))
+	ec := etcdConfig(s)
+	ec.LeaseTTL, ec.LeaseFile = s.NodeTTL, filepath.Join(s.StateDir, "lease")
+	store, err := peerdb.Open(ec, log.WithField("part", "peerdb"))
 	if err != nil {
 		return err
 	}
@@ -263,6 +266,16 @@ func startEncryption(s config.Settings, local netip.Addr, store *peerdb.Store, l
 		Node: s.NodeName, Local: local, KeyFile: filepath.Join(s.StateDir, "ipsec.key"),
 		Rotate: s.KeyRotation, Grace: ipsec.GraceFor(s.KeyRotation),
 	}, ipsec.Host{Kernel: kern, Firewall: fw}, store, log)
+}
+
+// etcdConfig is how the settings reach etcd (no lease: commands other
+// than the plugin write nothing under a node's lease).
+func etcdConfig(s config.Settings) peerdb.Config {
+	return peerdb.Config{
+		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
+		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
+		Username: s.EtcdUser, Password: s.EtcdPassword,
+	}
 }
 
 func resolveAddrs(s config.Settings) (vxlan.Underlay, netip.Addr, error) {

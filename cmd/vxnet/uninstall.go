@@ -147,11 +147,7 @@ func refuseIfServing(socket string) (stale string, err error) {
 func forgetNode(s config.Settings) (peerdb.Forgotten, error) {
 	log := logrus.New()
 	log.SetOutput(io.Discard) // connection retries; the error says what failed
-	store, err := peerdb.Open(peerdb.Config{
-		Endpoints: s.EtcdEndpoints, Prefix: s.EtcdPrefix,
-		CAFile: s.EtcdCA, CertFile: s.EtcdCert, KeyFile: s.EtcdKey,
-		Username: s.EtcdUser, Password: s.EtcdPassword,
-	}, logrus.NewEntry(log))
+	store, err := peerdb.Open(etcdConfig(s), logrus.NewEntry(log))
 	if err != nil {
 		return peerdb.Forgotten{}, err
 	}

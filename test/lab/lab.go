@@ -199,7 +199,7 @@ func (e *Etcd) State(t nstest.T) []string {
 	t.Helper()
 	var out []string
 	for _, k := range e.Keys(t, "/vxnet/") {
-		if !strings.HasPrefix(k, "/vxnet/nodes/") && !strings.HasPrefix(k, "/vxnet/keys/") && k != "/vxnet/gossip/key" {
+		if !strings.HasPrefix(k, "/vxnet/nodes/") && !strings.HasPrefix(k, "/vxnet/keys/") && k != "/vxnet/gossip/keyring" {
 			out = append(out, k)
 		}
 	}
