@@ -230,7 +230,9 @@ func (e *Encryption) Run(ctx context.Context) {
 		return // no key: nothing to publish or follow
 	}
 	updates := make(chan peerdb.KeyUpdate)
-	go e.store.WatchKeyRecords(ctx, updates)
+	var watch sync.WaitGroup
+	defer watch.Wait() // it returns once ctx has ended
+	watch.Go(func() { e.store.WatchKeyRecords(ctx, updates) })
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	ticks := 0
