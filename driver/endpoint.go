@@ -90,14 +90,7 @@ func (d *Driver) DeleteEndpoint(_ context.Context, nid, eid string) error {
 	if n, err := d.network(nid); err == nil {
 		n.op.Lock()
 		defer n.op.Unlock()
-		d.mu.Lock()
-		ep, known := n.endpoints[eid]
-		attached := known && ep.attached
-		d.mu.Unlock()
-		if attached {
-			d.detach(n, ep)
-		}
-		if known {
+		if ep := d.leaveLocally(n, eid); ep != nil {
 			ifName = ep.ifName
 			d.mu.Lock()
 			delete(n.endpoints, eid)
@@ -208,15 +201,8 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	if n, err := d.network(nid); err == nil {
 		n.op.Lock()
 		defer n.op.Unlock()
-		d.mu.Lock()
-		ep, ok := n.endpoints[eid]
-		attached := ok && ep.attached
-		d.mu.Unlock()
-		if ok {
+		if d.leaveLocally(n, eid) != nil {
 			known, key.NID = true, n.cid
-		}
-		if attached {
-			d.detach(n, ep)
 		}
 	}
 	d.mu.Lock()
@@ -236,6 +222,19 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	}
 	log.Info("endpoint left")
 	return nil
+}
+
+// leaveLocally detaches endpoint eid of n if it is attached, and returns
+// it, or nil if n has no such endpoint. n.op must be held, d.mu not.
+func (d *Driver) leaveLocally(n *network, eid string) *endpoint {
+	d.mu.Lock()
+	ep := n.endpoints[eid]
+	attached := ep != nil && ep.attached
+	d.mu.Unlock()
+	if attached {
+		d.detach(n, ep)
+	}
+	return ep
 }
 
 // network finds a network created on this node.

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,13 +18,20 @@ import (
 func vxnetCmd(h *lab.Host, args ...string) (string, int) {
 	full := append([]string{args[0], "--socket", h.Socket}, args[1:]...)
 	out, err := exec.Command(vxnetBin, full...).CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		code = -1
+	return string(out), exitCode(err)
+}
+
+// exitCode is a command's exit code from its error: 0 for nil, -1 if it
+// did not run.
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
 	}
-	return string(out), code
+	return -1
 }
 
 // scrape fetches h's Prometheus metrics from inside its namespace.

@@ -24,7 +24,7 @@ func TestStateFiles(t *testing.T) {
 	h1 := l.Hosts[0]
 	nid, cs := networkOnEachHost(t, l, "state")
 	c1, c2 := cs[0], cs[1]
-	stateDir := filepath.Join(filepath.Dir(h1.Socket), "state")
+	stateDir := h1.StateDir()
 	stateFile := filepath.Join(stateDir, "state.json")
 	next := 10 // last byte of the next container's address
 

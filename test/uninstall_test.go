@@ -14,28 +14,12 @@ import (
 
 // uninstallOn runs `vxnet uninstall` inside h's namespace with the settings
 // lab.Host.Start gives h's plugin, and returns its output and exit code.
-func uninstallOn(l *lab.Lab, h *lab.Host) (string, int) {
+func uninstallOn(h *lab.Host) (string, int) {
 	cmd := exec.Command("nsenter", "--net="+h.NS.Path(), vxnetBin, "uninstall")
-	cmd.Env = append([]string{
-		"PATH=" + os.Getenv("PATH"),
-		"VXNET_SOCKET=" + h.Socket,
-		"VXNET_NETNS_DIR=" + h.NetnsDir,
-		"VXNET_STATE_DIR=" + stateDir(h),
-		"VXNET_ETCD_ENDPOINTS=" + l.Etcd.Endpoint,
-		"VXNET_NODE_NAME=" + h.Name,
-	}, h.Env...)
+	cmd.Env = h.Settings()
 	out, err := cmd.CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		code = -1
-	}
-	return string(out), code
+	return string(out), exitCode(err)
 }
-
-// stateDir is where lab.Host.Start keeps h's state.
-func stateDir(h *lab.Host) string { return filepath.Join(filepath.Dir(h.Socket), "state") }
 
 // After its plugin stops, `vxnet uninstall` leaves h1 as if vxnet had never
 // been there — no pinned namespace, VXLAN device, xfrm policy or state,
@@ -65,7 +49,7 @@ func TestUninstallLeavesNothing(t *testing.T) {
 		t.Fatal("h1 has no namespace pinned before uninstall")
 	}
 
-	out, code := uninstallOn(l, h1)
+	out, code := uninstallOn(h1)
 	if code == 0 || !strings.Contains(out, "serving on "+h1.Socket) {
 		t.Fatalf("uninstall with the plugin serving: exit %d, want 1 and a refusal:\n%s", code, out)
 	}
@@ -74,13 +58,13 @@ func TestUninstallLeavesNothing(t *testing.T) {
 	}
 
 	h1.Stop()
-	out, code = uninstallOn(l, h1)
+	out, code = uninstallOn(h1)
 	t.Logf("vxnet uninstall:\n%s", out)
 	if code != 0 || !strings.Contains(out, "nothing of vxnet is left on this host") {
 		t.Fatalf("uninstall: exit %d\n%s", code, out)
 	}
 	for _, want := range []string{"removed namespace " + filepath.Join(h1.NetnsDir, nid), "removed 1 xfrm policies and 0 SAs",
-		"removed nftables table inet vxnet", "revoked etcd lease", "removed " + stateDir(h1)} {
+		"removed nftables table inet vxnet", "revoked etcd lease", "removed " + h1.StateDir()} {
 		if !strings.Contains(out, want) {
 			t.Errorf("uninstall output lacks %q", want)
 		}
@@ -90,8 +74,8 @@ func TestUninstallLeavesNothing(t *testing.T) {
 	if _, err := os.Stat(h1.NetnsDir); !os.IsNotExist(err) {
 		t.Errorf("%s still there: %v", h1.NetnsDir, err)
 	}
-	if _, err := os.Stat(stateDir(h1)); !os.IsNotExist(err) {
-		t.Errorf("%s still there: %v", stateDir(h1), err)
+	if _, err := os.Stat(h1.StateDir()); !os.IsNotExist(err) {
+		t.Errorf("%s still there: %v", h1.StateDir(), err)
 	}
 	if devs := devices(t, h1); len(devs) > 0 {
 		t.Errorf("vxnet's devices left on h1: %v", devs)
@@ -133,7 +117,7 @@ func TestUninstallLeavesNothing(t *testing.T) {
 		return nil
 	})
 
-	out, code = uninstallOn(l, h1)
+	out, code = uninstallOn(h1)
 	if code != 0 || !strings.Contains(out, "nothing of vxnet was left on this host") {
 		t.Errorf("uninstall again: exit %d\n%s", code, out)
 	}

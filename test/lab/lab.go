@@ -206,6 +206,23 @@ func (e *Etcd) State(t nstest.T) []string {
 	return out
 }
 
+// Settings are the environment the lab gives h's plugin, h.Env included:
+// also what a vxnet command run for h (uninstall, say) takes.
+func (h *Host) Settings() []string {
+	return append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"VXNET_SOCKET=" + h.Socket,
+		"VXNET_NETNS_DIR=" + h.NetnsDir,
+		"VXNET_STATE_DIR=" + h.StateDir(),
+		"VXNET_ETCD_ENDPOINTS=" + h.lab.Etcd.Endpoint,
+		"VXNET_NODE_NAME=" + h.Name,
+		"VXNET_LOG_LEVEL=debug",
+	}, h.Env...)
+}
+
+// StateDir is the state directory of h's plugin.
+func (h *Host) StateDir() string { return filepath.Join(filepath.Dir(h.Socket), "state") }
+
 // Start runs the plugin on h with the lab's settings plus h.Env and env,
 // and waits for its socket.
 func (h *Host) Start(env ...string) {
@@ -220,15 +237,7 @@ func (h *Host) Start(env ...string) {
 	// nsenter, not `ip netns exec`: the plugin must share the host's mount
 	// namespace, or the namespaces it pins are visible to it alone.
 	h.cmd = exec.Command("nsenter", "--net="+h.NS.Path(), h.lab.bin, "plugin")
-	h.cmd.Env = append(append([]string{
-		"PATH=" + os.Getenv("PATH"),
-		"VXNET_SOCKET=" + h.Socket,
-		"VXNET_NETNS_DIR=" + h.NetnsDir,
-		"VXNET_STATE_DIR=" + filepath.Join(filepath.Dir(h.Socket), "state"),
-		"VXNET_ETCD_ENDPOINTS=" + h.lab.Etcd.Endpoint,
-		"VXNET_NODE_NAME=" + h.Name,
-		"VXNET_LOG_LEVEL=debug",
-	}, h.Env...), env...)
+	h.cmd.Env = append(h.Settings(), env...)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	if err := h.cmd.Start(); err != nil {
 		t.Fatalf("start plugin on %s: %v", h.Name, err)
