@@ -15,29 +15,46 @@ import (
 	"github.com/vxnet/vxnet/test/lab"
 )
 
-// The Docker lab tests share one swarm (three hosts, one manager, vxnet
-// installed from the lab registry): building it takes 20-30 s, tearing it
-// down as long again. It is built by the first test that asks for it (sharedSwarm) and torn
-// down by TestMain after every test ran (teardownSharedSwarm).
+// The Docker lab tests share two labs, each built by the first test that
+// asks for it and torn down by TestMain after every test ran
+// (teardownSharedSwarm): a swarm (three hosts, one manager; sharedSwarm)
+// and three hosts without swarm (sharedHostsWithoutSwarm). Both have
+// vxnet installed from the lab registry. Building one takes 20-30 s,
+// tearing it down as long again. Only one is up at a time: a test that
+// asks for one tears the other down if no test holds it.
 //
-// Sharing is safe because every test gives the swarm back as it found it:
+// Sharing is safe because every test gives the lab back as it found it:
 // each removes, in its cleanups, the containers, services and networks it
-// made, and a last cleanup (releaseSharedSwarm) waits for the swarm to be
-// clean again. A test that leaves it otherwise fails (in one big test, a
-// later test would have tripped over the leftovers) and the swarm is
-// thrown away, so the next test builds a new one instead of inheriting the
-// mess. If the swarm cannot be built, every test that needs it fails with
-// the build's error.
+// made, and a last cleanup (release) waits for the lab to be clean again.
+// A test that leaves it otherwise fails (in one big test, a later test
+// would have tripped over the leftovers) and the lab is thrown away, so
+// the next test builds a new one instead of inheriting the mess. If a lab
+// cannot be built, every test that needs it fails with the build's error.
 
-// shared is the swarm the Docker lab tests share.
-var shared struct {
+// sharedLab is a Docker lab the tests share.
+type sharedLab struct {
+	what     string                   // in messages: "Docker swarm"
+	managers int                      // the swarm's; 0: no swarm
+	settings func(*lab.Host) []string // the plugin's on each host
+
 	mu    sync.Mutex // guards the fields below; held while building
-	owner *labOwner  // owns the swarm's cleanups; nil when there is none
+	owner *labOwner  // owns the lab's cleanups; nil when there is none
+	held  bool       // a test holds the lab (between get and release)
 	s     *lab.Swarm
 	drv   string
 	state []string // etcd's State right after the build
 	err   error    // why the build failed; later callers fail with it
 }
+
+var (
+	// shared is the swarm most Docker lab tests share.
+	shared = &sharedLab{what: "Docker swarm", managers: 1}
+	// sharedStandalone is the Docker hosts without swarm some tests share:
+	// vxnet's networks are local-scope there, created on each host.
+	sharedStandalone = &sharedLab{what: "Docker hosts without swarm",
+		settings: func(*lab.Host) []string { return []string{"VXNET_SCOPE=local"} }}
+	sharedLabs = []*sharedLab{shared, sharedStandalone}
+)
 
 // sharedSwarm returns the shared swarm and vxnet's driver name, building
 // them on first use. It skips or fails t as newSwarm does when the lab
@@ -45,55 +62,76 @@ var shared struct {
 // not be built. When t ends, the swarm must be as t found it.
 func sharedSwarm(t *testing.T) (*lab.Swarm, string) {
 	t.Helper()
+	return shared.get(t)
+}
+
+// sharedHostsWithoutSwarm is sharedSwarm for the three Docker hosts
+// without swarm, vxnet installed with VXNET_SCOPE=local.
+func sharedHostsWithoutSwarm(t *testing.T) (*lab.Swarm, string) {
+	t.Helper()
+	return sharedStandalone.get(t)
+}
+
+// get returns l and vxnet's driver name, building l on first use; see
+// sharedSwarm.
+func (l *sharedLab) get(t *testing.T) (*lab.Swarm, string) {
+	t.Helper()
 	requireDockerLab(t)
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.err != nil {
-		t.Fatalf("the shared Docker swarm could not be built: %v", shared.err)
+	for _, other := range sharedLabs {
+		if other != l {
+			other.putAway()
+		}
 	}
-	if shared.s == nil {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		t.Fatalf("the shared %s could not be built: %v", l.what, l.err)
+	}
+	if l.s == nil {
 		o := &labOwner{logTo: t}
 		defer o.logsTo(nil)
 		var s *lab.Swarm
 		var drv string
 		start := time.Now()
-		if err := o.do(func(lt nstest.T) { s, drv = buildSwarm(lt, 3, 1, nil) }); err != nil {
+		if err := o.do(func(lt nstest.T) { s, drv = buildSwarm(lt, 3, l.managers, l.settings) }); err != nil {
 			o.teardown()
-			shared.err = err
-			t.Fatalf("the shared Docker swarm could not be built: %v", err)
+			l.err = err
+			t.Fatalf("the shared %s could not be built: %v", l.what, err)
 		}
 		var state []string
 		if err := o.do(func(lt nstest.T) { state = s.Etcd.State(lt) }); err != nil {
 			o.teardown()
-			shared.err = err
-			t.Fatalf("the shared Docker swarm could not be built: %v", err)
+			l.err = err
+			t.Fatalf("the shared %s could not be built: %v", l.what, err)
 		}
-		t.Logf("built the shared Docker swarm in %v", time.Since(start).Round(time.Second))
-		shared.owner, shared.s, shared.drv, shared.state = o, s, drv, state
+		t.Logf("built the shared %s in %v", l.what, time.Since(start).Round(time.Second))
+		l.owner, l.s, l.drv, l.state = o, s, drv, state
 	}
-	s, drv := shared.s, shared.drv
-	t.Cleanup(func() { releaseSharedSwarm(t, s) })
+	s, drv := l.s, l.drv
+	l.held = true
+	t.Cleanup(func() { l.release(t, s) })
 	holdOnFailure(t)
 	return s, drv
 }
 
-// releaseSharedSwarm waits for the swarm to be as sharedSwarm gave it to t
-// (t's own cleanups have run). If it does not get there, t fails and the
-// swarm is torn down; the next test builds a new one.
-func releaseSharedSwarm(t *testing.T, s *lab.Swarm) {
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.s != s {
+// release waits for the lab to be as get gave it to t (t's own cleanups
+// have run). If it does not get there, t fails and the lab is torn down;
+// the next test builds a new one.
+func (l *sharedLab) release(t *testing.T, s *lab.Swarm) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.s != s {
 		return
 	}
+	l.held = false
 	if t.Failed() {
-		shared.owner.markFailed() // print the dockerd logs at teardown
+		l.owner.markFailed() // print the dockerd logs at teardown
 	}
 	var err error
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var left error
-		if err = shared.owner.do(func(lt nstest.T) { left = swarmClean(lt, s, shared.drv, shared.state) }); err == nil {
+		if err = l.owner.do(func(lt nstest.T) { left = swarmClean(lt, s, l.drv, l.state) }); err == nil {
 			err = left
 		}
 		if err == nil {
@@ -104,11 +142,11 @@ func releaseSharedSwarm(t *testing.T, s *lab.Swarm) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	t.Errorf("the test left the shared Docker swarm unlike it found it; tearing it down, the next test builds a new one: %v", err)
-	shared.owner.markFailed()
-	shared.owner.logsTo(t)
-	shared.owner.teardown()
-	shared.owner, shared.s = nil, nil
+	t.Errorf("the test left the shared %s unlike it found it; tearing it down, the next test builds a new one: %v", l.what, err)
+	l.owner.markFailed()
+	l.owner.logsTo(t)
+	l.owner.teardown()
+	l.owner, l.s = nil, nil
 }
 
 // swarmClean reports what is left on s that was not there when it was
@@ -116,12 +154,14 @@ func releaseSharedSwarm(t *testing.T, s *lab.Swarm) {
 // plugin not running, a node not ready.
 func swarmClean(t nstest.T, s *lab.Swarm, drv string, state []string) error {
 	var errs []error
-	m := s.Daemons[0]
-	if out, err := m.Docker("service", "ls", "-q"); err != nil || out != "" {
-		errs = append(errs, fmt.Errorf("services: %q %v", out, err))
-	}
-	if out, err := m.Docker("node", "ls", "--format", "{{.Status}}"); err != nil || strings.Count(out, "Ready") != len(s.Daemons) {
-		errs = append(errs, fmt.Errorf("nodes: %q %v", out, err))
+	if s.Managers > 0 {
+		m := s.Daemons[0]
+		if out, err := m.Docker("service", "ls", "-q"); err != nil || out != "" {
+			errs = append(errs, fmt.Errorf("services: %q %v", out, err))
+		}
+		if out, err := m.Docker("node", "ls", "--format", "{{.Status}}"); err != nil || strings.Count(out, "Ready") != len(s.Daemons) {
+			errs = append(errs, fmt.Errorf("nodes: %q %v", out, err))
+		}
 	}
 	// Docker's own networks; docker_gwbridge comes with the first
 	// container on a swarm network and stays.
@@ -154,14 +194,26 @@ func swarmClean(t nstest.T, s *lab.Swarm, drv string, state []string) error {
 	return errors.Join(errs...)
 }
 
-// teardownSharedSwarm removes the shared swarm, if one was built. TestMain
+// putAway tears l down, if it is up and no test holds it.
+func (l *sharedLab) putAway() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.owner != nil && !l.held {
+		l.owner.teardown()
+		l.owner, l.s = nil, nil
+	}
+}
+
+// teardownSharedSwarm removes the shared labs that were built. TestMain
 // calls it after the tests.
 func teardownSharedSwarm() {
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.owner != nil {
-		shared.owner.teardown()
-		shared.owner, shared.s = nil, nil
+	for _, l := range sharedLabs {
+		l.mu.Lock()
+		if l.owner != nil {
+			l.owner.teardown()
+			l.owner, l.s = nil, nil
+		}
+		l.mu.Unlock()
 	}
 }
 
