@@ -41,10 +41,12 @@ type Lab struct {
 	Hosts    []*Host
 }
 
-// Etcd is the lab's etcd server.
+// Etcd is the lab's etcd server. In a lab with a cluster of three
+// (NewWithEtcdCluster) it is the client side only: Endpoint lists every
+// member, comma-separated, and Start, Stop and RestartEtcd do not apply.
 type Etcd struct {
 	NS       nstest.NS
-	Endpoint string
+	Endpoint string // client URLs, comma-separated
 	cmd      *exec.Cmd
 	cli      *clientv3.Client
 }
@@ -68,12 +70,18 @@ type Host struct {
 // the vxnet binary; dir holds sockets, logs, pinned namespaces.
 func New(t nstest.T, dir, bin string, n int) *Lab {
 	t.Helper()
-	l := &Lab{t: t, dir: dir, bin: bin}
-	u := nstest.NewUnderlay(t, 24)
-	l.underlay = u
+	l := &Lab{t: t, dir: dir, bin: bin, underlay: nstest.NewUnderlay(t, 24)}
 	l.Etcd = &Etcd{NS: nstest.New(t, "etcd"), Endpoint: "http://" + EtcdAddr + ":2379"}
-	u.Plug(t, l.Etcd.NS, "eth0", EtcdAddr, 0)
+	l.underlay.Plug(t, l.Etcd.NS, "eth0", EtcdAddr, 0)
 	l.Etcd.Start(t, dir)
+	l.addHosts(n)
+	return l
+}
+
+// addHosts makes n hosts on the underlay, h1 to hN.
+func (l *Lab) addHosts(n int) {
+	t, dir, u := l.t, l.dir, l.underlay
+	t.Helper()
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("h%d", i)
 		h := &Host{
@@ -93,7 +101,6 @@ func New(t nstest.T, dir, bin string, n int) *Lab {
 		t.Cleanup(h.unpinAll)
 		l.Hosts = append(l.Hosts, h)
 	}
-	return l
 }
 
 // AddDataLinks gives every host a second link, eth1, on a second underlay
