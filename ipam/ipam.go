@@ -49,6 +49,7 @@ type Store interface {
 	ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, c peerdb.Claim) (bool, peerdb.Claim, error)
 	Claimed(ctx context.Context, pool netip.Prefix) (map[netip.Addr]peerdb.Claim, error)
 	ReleaseAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, node string) error
+	DropClaimsNotHeld(ctx context.Context, node string, upTo int64, held func(pool netip.Prefix, ip netip.Addr) bool) ([]netip.Addr, error)
 }
 
 // Option keys Docker sends with RequestAddress.

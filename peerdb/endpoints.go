@@ -3,6 +3,7 @@ package peerdb
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -119,7 +120,7 @@ func (s *Store) watchPrefix(ctx context.Context, prefix, what string,
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case time.Since(started) > watchHealthy:
+		case time.Since(started) > watchHealthy, errors.Is(err, errRestored):
 			return retry.Fresh(err, watchRetry)
 		}
 		return err
@@ -130,6 +131,9 @@ func (s *Store) watchPrefix(ctx context.Context, prefix, what string,
 
 func (s *Store) watchOnce(ctx context.Context, prefix, what string,
 	list func([]*mvccpb.KeyValue, int64) bool, changes func([]*clientv3.Event, int64) bool) error {
+	// A restored etcd never fails a watch (restore.go): end it.
+	rctx, stop := s.untilRestored(ctx)
+	defer stop()
 	cli, err := s.client(ctx)
 	if err != nil {
 		return err
@@ -145,8 +149,8 @@ func (s *Store) watchOnce(ctx context.Context, prefix, what string,
 	if !list(resp.Kvs, rev) {
 		return ctx.Err()
 	}
-	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer stop()
+	wctx, stopWatch := context.WithCancel(clientv3.WithRequireLeader(rctx))
+	defer stopWatch()
 	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch %ss from revision %d: %w", what, rev+1, err)
@@ -158,6 +162,9 @@ func (s *Store) watchOnce(ctx context.Context, prefix, what string,
 		if !changes(wr.Events, wr.Header.Revision) {
 			return ctx.Err()
 		}
+	}
+	if cause := context.Cause(rctx); errors.Is(cause, errRestored) {
+		return fmt.Errorf("watch %ss from revision %d: %w", what, rev+1, cause)
 	}
 	return fmt.Errorf("watch %ss from revision %d: channel closed", what, rev+1)
 }

@@ -53,6 +53,7 @@ type Store struct {
 	leaseRenewed bool          // lease is not the one the records were under
 	leaseReady   chan struct{} // closed once lease is set; nil after
 	onNewLease   []func()
+	restore      restoreState    // etcd's history, to notice a restore (restore.go)
 	ctx          context.Context // ends on Close
 	stop         context.CancelFunc
 	wg           sync.WaitGroup
@@ -133,6 +134,8 @@ func (s *Store) connect(ctx context.Context, tlsCfg *tls.Config) {
 			s.wg.Add(1)
 			go s.leaseLoop(ctx, cli)
 		}
+		s.wg.Add(1)
+		go s.watchRestores(ctx, cli)
 		return nil
 	}, func(err error, next time.Duration) {
 		s.log.WithError(err).Warnf("connecting to etcd at %s; retrying in %s", strings.Join(s.cfg.Endpoints, ","), next.Round(time.Millisecond))

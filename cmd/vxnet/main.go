@@ -234,6 +234,9 @@ func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *log
 		d.Republish(ctx)
 		alloc.Reclaim(ctx)
 	})
+	// After etcd was restored from a snapshot those run too, then the
+	// claims the snapshot brought back for containers gone since go.
+	store.OnRestore(func(ctx context.Context, rev int64) { alloc.DropStale(ctx, rev) })
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { d.Run(gctx); return nil })
