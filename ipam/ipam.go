@@ -49,6 +49,8 @@ type Store interface {
 	ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, c peerdb.Claim) (bool, peerdb.Claim, error)
 	Claimed(ctx context.Context, pool netip.Prefix) (map[netip.Addr]peerdb.Claim, error)
 	ReleaseAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, node string) error
+	PoolCursor(ctx context.Context, pool netip.Prefix) (peerdb.Cursor, error)
+	ClaimNext(ctx context.Context, pool netip.Prefix, addr netip.Addr, c peerdb.Claim, next peerdb.Cursor) (bool, peerdb.Claim, error)
 	DropClaimsNotHeld(ctx context.Context, node string, upTo int64, held func(pool netip.Prefix, ip netip.Addr) bool) ([]netip.Addr, error)
 }
 
@@ -80,15 +82,17 @@ type Allocator struct {
 	file  string // where held is kept across restarts; "" = memory only
 
 	// mu guards held: the containers' addresses this node holds, which it
-	// claims again if its lease lapsed (Reclaim).
-	mu   sync.Mutex
-	held map[string]bool // "POOL ADDR"
+	// claims again if its lease lapsed (Reclaim); and cursors, the latest
+	// cursor of each pool this node saw (serial.go).
+	mu      sync.Mutex
+	held    map[string]bool // "POOL ADDR"
+	cursors map[netip.Prefix]peerdb.Cursor
 }
 
 // New returns an Allocator for node that keeps the addresses it holds in
 // file (if not empty).
 func New(store Store, node, file string, log *logrus.Entry) *Allocator {
-	a := &Allocator{store: store, node: node, log: log, file: file, held: map[string]bool{}}
+	a := &Allocator{store: store, node: node, log: log, file: file, held: map[string]bool{}, cursors: map[netip.Prefix]peerdb.Cursor{}}
 	if b, err := os.ReadFile(file); err == nil {
 		var list []string
 		if err := json.Unmarshal(b, &list); err != nil {
@@ -242,9 +246,10 @@ func (a *Allocator) RequestAddress(ctx context.Context, poolID, addr string, opt
 	return netip.PrefixFrom(ip, p.Bits()).String(), nil
 }
 
-// dynamic claims a free address of the pool's range. It picks among the
-// lowest free ones at random, so hosts allocating at once rarely collide;
-// a collision just tries again.
+// dynamic claims a free address of the pool's range: serially, after the
+// last one handed out in the pool (its cursor, see serial.go), at random
+// among the first free ones so hosts allocating at once rarely collide; a
+// collision just tries again.
 func (a *Allocator) dynamic(ctx context.Context, p netip.Prefix, claim peerdb.Claim) (netip.Addr, error) {
 	pool, ok, err := a.store.GetPool(ctx, p)
 	if err != nil {
@@ -258,25 +263,30 @@ func (a *Allocator) dynamic(ctx context.Context, p netip.Prefix, claim peerdb.Cl
 		rng = pool.Range
 	}
 	for range claimTries {
-		used, err := a.store.Claimed(ctx, p)
+		claims, err := a.store.Claimed(ctx, p)
 		if err != nil {
 			return netip.Addr{}, err
 		}
-		var free []netip.Addr
-		for ip := rng.Addr(); rng.Contains(ip) && len(free) < 16; ip = ip.Next() {
-			if _, taken := used[ip]; !taken && ip != p.Addr() && ip != broadcast(p) {
-				free = append(free, ip)
-			}
+		cursor, err := a.cursor(ctx, p)
+		if err != nil {
+			return netip.Addr{}, err
 		}
+		used := make(map[netip.Addr]bool, len(claims))
+		for ip := range claims {
+			used[ip] = true
+		}
+		free := afterCursor(p, rng, used, cursor.Addr, serialPick)
 		if len(free) == 0 {
 			return netip.Addr{}, invalid("no free address in %s (%d in use): use a larger --subnet or --ip-range, or remove containers", rng, len(used))
 		}
 		ip := free[rand.IntN(len(free))]
-		got, _, err := a.store.ClaimAddress(ctx, p, ip, claim)
+		next := peerdb.Cursor{Addr: ip, Seq: cursor.Seq + 1}
+		got, _, err := a.store.ClaimNext(ctx, p, ip, claim, next)
 		if err != nil {
 			return netip.Addr{}, err
 		}
 		if got {
+			a.advanced(p, next)
 			a.hold(p, ip, true)
 			return ip, nil
 		}

@@ -142,7 +142,8 @@ func (s *Store) GetPool(ctx context.Context, pool netip.Prefix) (Pool, bool, err
 }
 
 // ReleasePool drops node from the users of pool; the last user's release
-// deletes the pool and every address claimed in it, in one transaction.
+// deletes the pool, every address claimed in it and its cursor, in one
+// transaction.
 func (s *Store) ReleasePool(ctx context.Context, pool netip.Prefix, node string) error {
 	if err := checkPool(pool); err != nil {
 		return err
@@ -164,6 +165,7 @@ func (s *Store) ReleasePool(ctx context.Context, pool netip.Prefix, node string)
 			return []clientv3.Op{
 				clientv3.OpDelete(s.poolKey(pool)),
 				clientv3.OpDelete(s.addrsPrefix(pool), clientv3.WithPrefix()),
+				clientv3.OpDelete(s.cursorKey(pool)),
 			}, false, nil
 		}
 		b, _ := json.Marshal(p)
@@ -174,6 +176,12 @@ func (s *Store) ReleasePool(ctx context.Context, pool netip.Prefix, node string)
 // ClaimAddress claims addr in pool for c if nobody holds it. It returns
 // whether c got it and, if not, the claim that holds it.
 func (s *Store) ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.Addr, c Claim) (bool, Claim, error) {
+	return s.claim(ctx, pool, addr, c)
+}
+
+// claim is ClaimAddress, committing also, if c gets addr, the operations
+// with.
+func (s *Store) claim(ctx context.Context, pool netip.Prefix, addr netip.Addr, c Claim, with ...clientv3.Op) (bool, Claim, error) {
 	if err := checkPool(pool, addr); err != nil {
 		return false, Claim{}, err
 	}
@@ -192,7 +200,7 @@ func (s *Store) ClaimAddress(ctx context.Context, pool netip.Prefix, addr netip.
 		opts = append(opts, lease)
 	}
 	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(b), opts...)).Else(clientv3.OpGet(key)).Commit()
+		Then(append([]clientv3.Op{clientv3.OpPut(key, string(b), opts...)}, with...)...).Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
 		return false, Claim{}, s.wrap("claim address "+addr.String(), err)
 	}
