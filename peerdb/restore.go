@@ -281,13 +281,11 @@ func (s *Store) DropClaimsNotHeld(ctx context.Context, node string, upTo int64, 
 		if err := json.Unmarshal(kv.Value, &c); err != nil || c.Kind != KindEndpoint || c.Node != node || held(pool, addr) {
 			continue
 		}
-		key := string(kv.Key)
-		tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(key)).Commit()
+		gone, err := deleteUnchanged(ctx, cli, kv)
 		switch {
 		case err != nil:
 			errs = append(errs, s.wrap("drop claim of "+addr.String(), err))
-		case tr.Succeeded:
+		case gone:
 			out = append(out, addr)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -160,12 +161,11 @@ func (s *Store) deleteMatching(ctx context.Context, cli *clientv3.Client, prefix
 			continue
 		}
 		key := string(kv.Key)
-		tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(key)).Commit()
+		gone, err := deleteUnchanged(ctx, cli, kv)
 		switch {
 		case err != nil:
 			errs = append(errs, s.wrap("delete "+key, err))
-		case tr.Succeeded:
+		case gone:
 			out = append(out, key)
 		}
 	}
@@ -187,4 +187,13 @@ func listJSON[T any](ctx context.Context, s *Store, cli *clientv3.Client, prefix
 		}
 	}
 	return out, nil
+}
+
+// deleteUnchanged deletes kv's key if it still holds what kv says (no
+// write since), and reports whether it did.
+func deleteUnchanged(ctx context.Context, cli *clientv3.Client, kv *mvccpb.KeyValue) (bool, error) {
+	key := string(kv.Key)
+	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+		Then(clientv3.OpDelete(key)).Commit()
+	return err == nil && tr.Succeeded, err
 }
