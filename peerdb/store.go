@@ -12,11 +12,14 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/internal/retry"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Config says how to reach etcd.
@@ -181,10 +184,21 @@ func (s *Store) wrap(what string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || unavailable(err) {
 		return fmt.Errorf("%s: %w", what, s.unreachable(err))
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// unavailable reports whether etcd gave no answer rather than a refusal:
+// no leader, a leader change, a member going away (gRPC's Unavailable,
+// as etcd's client or gRPC reports it). The caller may try again.
+func unavailable(err error) bool {
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return ee.Code() == codes.Unavailable
+	}
+	return status.Code(err) == codes.Unavailable
 }
 
 // Close stops connecting and closes the client.

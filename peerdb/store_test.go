@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/internal/etcdtest"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -220,5 +221,26 @@ func TestWatchEndpoints(t *testing.T) {
 	s.DeleteEndpoint(ctx(t), e1.Key())
 	if u := next(); len(u.Deletes) != 1 || u.Deletes[0] != e1.Key() {
 		t.Fatalf("update = %+v; want the delete of e1", u)
+	}
+}
+
+// An etcd that has no leader, or is changing it, gave no answer: the
+// caller may queue and retry. A refusal is not that.
+func TestUnavailableTellsNoAnswerFromRefusal(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{rpctypes.ErrNoLeader, true},
+		{rpctypes.ErrLeaderChanged, true},
+		{rpctypes.ErrGRPCNoLeader, true},
+		{fmt.Errorf("put: %w", rpctypes.ErrLeaderChanged), true},
+		{rpctypes.ErrPermissionDenied, false},
+		{rpctypes.ErrKeyNotFound, false},
+		{errors.New("some refusal"), false},
+	} {
+		if got := unavailable(tc.err); got != tc.want {
+			t.Errorf("unavailable(%v) = %v; want %v", tc.err, got, tc.want)
+		}
 	}
 }
