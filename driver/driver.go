@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/ipsec"
@@ -36,7 +37,11 @@ type PeerStore interface {
 	FreeNetwork(ctx context.Context, nid string) error
 	PutEndpoint(ctx context.Context, e peerdb.Endpoint) error
 	DeleteEndpoint(ctx context.Context, k peerdb.Key) error
-	WatchEndpoints(ctx context.Context, out chan<- peerdb.Update)
+	// WatchNetwork sends one network's records: all, then changes.
+	WatchNetwork(ctx context.Context, nid string, out chan<- peerdb.Update)
+	NetworkEndpoints(ctx context.Context, nid string) ([]peerdb.Endpoint, error)
+	// OwnEndpointKeys lists the records stored under this node's lease.
+	OwnEndpointKeys(ctx context.Context) ([]peerdb.Key, error)
 	WatchNodes(ctx context.Context, out chan<- peerdb.NodeUpdate)
 	// Healthy reports whether etcd answered lately.
 	Healthy() bool
@@ -89,10 +94,16 @@ type Driver struct {
 	// drained with none of them but op held.
 	mu       sync.Mutex
 	networks map[string]*network
-	table    *peerdb.Table // the cluster's endpoint table and its merge rule
+	table    *peerdb.Table // the records of the networks used here, and the merge rule
 
-	synced     chan struct{} // closed once table holds a full table from etcd
-	syncedOnce sync.Once
+	// Interest (interest.go): a watch per cluster network used here,
+	// guarded by mu; runCtx is Run's (nil until it runs), whose end ends
+	// them all; runWatches holds them until they have returned.
+	watches     map[string]*netWatch
+	runCtx      context.Context
+	runWatches  sync.WaitGroup
+	nodesLoaded chan struct{} // closed once table holds the node table from etcd
+	sweeping    atomic.Bool   // a sweepOwn runs
 
 	// Gossip (gossip.go): the announcer, guarded by mu, and the inbox of
 	// others' announcements, which Run alone reads.
@@ -147,16 +158,17 @@ type endpoint struct {
 // refuse them. Call Run to apply the cluster's peers.
 func New(cfg Config, plane DataPlane, store PeerStore, enc Encrypter, log *logrus.Entry) *Driver {
 	return &Driver{
-		cfg:      cfg,
-		plane:    plane,
-		store:    store,
-		enc:      enc,
-		log:      log,
-		networks: map[string]*network{},
-		table:    peerdb.NewTable(cfg.Node, log.WithField("part", "table")),
-		synced:   make(chan struct{}),
-		inbox:    make(chan peerdb.SignedUpdate, inboxSize),
-		metrics:  newMetrics(),
+		cfg:         cfg,
+		plane:       plane,
+		store:       store,
+		enc:         enc,
+		log:         log,
+		networks:    map[string]*network{},
+		table:       peerdb.NewTable(cfg.Node, log.WithField("part", "table")),
+		watches:     map[string]*netWatch{},
+		nodesLoaded: make(chan struct{}),
+		inbox:       make(chan peerdb.SignedUpdate, inboxSize),
+		metrics:     newMetrics(),
 	}
 }
 

@@ -129,6 +129,7 @@ func (f *fakePlane) table(nid string) string {
 type fakeStore struct {
 	puts, dels []string
 	failPut    bool
+	own        []peerdb.Key // under the node's lease
 }
 
 func (s *fakeStore) AllocateNetwork(_ context.Context, n peerdb.Network, want []uint32, _ peerdb.VNIRange) (peerdb.Network, error) {
@@ -152,10 +153,14 @@ func (s *fakeStore) DeleteEndpoint(_ context.Context, k peerdb.Key) error {
 	s.dels = append(s.dels, k.EID)
 	return nil
 }
-func (s *fakeStore) WatchEndpoints(context.Context, chan<- peerdb.Update) {}
-func (s *fakeStore) WatchNodes(context.Context, chan<- peerdb.NodeUpdate) {}
-func (s *fakeStore) Healthy() bool                                        { return true }
-func (s *fakeStore) Nodes(context.Context) ([]peerdb.Node, error)         { return nil, nil }
+func (s *fakeStore) WatchNetwork(context.Context, string, chan<- peerdb.Update) {}
+func (s *fakeStore) NetworkEndpoints(context.Context, string) ([]peerdb.Endpoint, error) {
+	return nil, nil
+}
+func (s *fakeStore) OwnEndpointKeys(context.Context) ([]peerdb.Key, error) { return s.own, nil }
+func (s *fakeStore) WatchNodes(context.Context, chan<- peerdb.NodeUpdate)  {}
+func (s *fakeStore) Healthy() bool                                         { return true }
+func (s *fakeStore) Nodes(context.Context) ([]peerdb.Node, error)          { return nil, nil }
 func (s *fakeStore) JoinNamedNetwork(ctx context.Context, n peerdb.Network, want []uint32, rng peerdb.VNIRange, _ string) (peerdb.Network, error) {
 	return s.AllocateNetwork(ctx, n, want, rng)
 }
@@ -179,6 +184,23 @@ func newTestDriver(t *testing.T) (*Driver, *fakePlane, *fakeStore) {
 	}
 	drainAll(d.applyNodes(testNodes()))
 	return d, p, s
+}
+
+// feed hands the driver an update of network n1 (or the one u names) from
+// its etcd watch, as Run's watch does, making the network one this node
+// watches first.
+func feed(d *Driver, u peerdb.Update) []*network {
+	if u.NID == "" {
+		u.NID = "n1"
+	}
+	d.mu.Lock()
+	w := d.want(u.NID)
+	d.mu.Unlock()
+	todo := d.apply(w, u)
+	if u.Reset {
+		w.markLoaded()
+	}
+	return todo
 }
 
 // rec is a record of endpoint eid on the node whose data address is vtep,
@@ -215,7 +237,7 @@ func testNodes() peerdb.NodeUpdate {
 func TestJoinProgramsKnownPeersInOneBatch(t *testing.T) {
 	d, p, s := newTestDriver(t)
 	ctx := context.Background()
-	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
+	drainAll(feed(d, peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
 		rec("r1", "198.18.0.5", "192.0.2.12", 1),
 		rec("r2", "198.18.0.6", "192.0.2.13", 2),
 		rec("own", "198.18.0.7", "192.0.2.11", 3), // this node's: never programmed
@@ -246,7 +268,7 @@ func TestJoinProgramsKnownPeersInOneBatch(t *testing.T) {
 func TestPeerUpdates(t *testing.T) {
 	d, p, _ := newTestDriver(t)
 	ctx := context.Background()
-	drainAll(d.apply(peerdb.Update{Reset: true}))
+	drainAll(feed(d, peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
 		t.Fatal(err)
@@ -271,7 +293,7 @@ func TestPeerUpdates(t *testing.T) {
 		{peerdb.Update{Puts: []peerdb.Endpoint{rec("r4", "198.19.0.8", "192.0.2.12", 21)}}, "198.18.0.8>192.0.2.12"},
 	}
 	for i, st := range steps {
-		drainAll(d.apply(st.u))
+		drainAll(feed(d, st.u))
 		if got := p.table("n1"); got != st.want {
 			t.Fatalf("step %d: programmed %q; want %q", i, got, st.want)
 		}
@@ -281,7 +303,7 @@ func TestPeerUpdates(t *testing.T) {
 func TestJoinRollsBackWhenPublishFails(t *testing.T) {
 	d, p, s := newTestDriver(t)
 	ctx := context.Background()
-	drainAll(d.apply(peerdb.Update{Reset: true}))
+	drainAll(feed(d, peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	s.failPut = true
 	if _, err := d.Join(ctx, "n1", "e1"); err == nil {
@@ -307,7 +329,7 @@ func TestLeaveAndDeleteAreIdempotent(t *testing.T) {
 			t.Errorf("unknown ID: %v; want success", err)
 		}
 	}
-	drainAll(d.apply(peerdb.Update{Reset: true}))
+	drainAll(feed(d, peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	d.CreateEndpoint(ctx, "n1", "e2", "198.18.0.3/24", "", "02:00:00:00:00:03")
 	d.Join(ctx, "n1", "e1")
@@ -357,7 +379,7 @@ func TestNetworkOptions(t *testing.T) {
 	if err := d.CreateNetwork(ctx, NetworkRequest{NID: "n2", Options: out, IPv4: two}); err != nil {
 		t.Fatal(err)
 	}
-	drainAll(d.apply(peerdb.Update{Reset: true}))
+	drainAll(feed(d, peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n2", "e", "198.18.2.9/24", "", "")
 	res, err := d.Join(ctx, "n2", "e")
 	if err != nil {
@@ -376,7 +398,7 @@ func TestNetworkOptions(t *testing.T) {
 func TestResetReconcilesTheKernel(t *testing.T) {
 	d, p, _ := newTestDriver(t)
 	ctx := context.Background()
-	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 1)}}))
+	drainAll(feed(d, peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 1)}}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
 		t.Fatal(err)
@@ -384,7 +406,7 @@ func TestResetReconcilesTheKernel(t *testing.T) {
 	// r1 leaves and r2 arrives while the watch is broken; a stale entry
 	// from some earlier run is in the kernel too.
 	p.AddPeers("n1", []vxlan.Peer{{VNI: 42, IP: netip.MustParseAddr("198.18.0.77"), MAC: macFor(netip.MustParseAddr("198.18.0.77")), VTEP: netip.MustParseAddr("192.0.2.99")}})
-	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r2", "198.18.0.6", "192.0.2.13", 5)}}))
+	drainAll(feed(d, peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r2", "198.18.0.6", "192.0.2.13", 5)}}))
 	if got, want := p.table("n1"), "198.18.0.6>192.0.2.13"; got != want {
 		t.Fatalf("after reset: programmed %q; want %q", got, want)
 	}
@@ -416,7 +438,7 @@ func TestRequestsAnsweredDuringABigReconcile(t *testing.T) {
 		e.NID = "big"
 		recs = append(recs, e)
 	}
-	drainAll(d.apply(peerdb.Update{Reset: true, Puts: recs}))
+	drainAll(feed(d, peerdb.Update{NID: "big", Reset: true, Puts: recs}))
 	p.gate, p.started = make(chan struct{}), make(chan struct{}, 1)
 
 	d.CreateEndpoint(ctx, "big", "b1", "198.19.255.2/15", "", "")
@@ -471,19 +493,89 @@ func TestRequestsAnsweredDuringABigReconcile(t *testing.T) {
 func TestResetWithdrawsOwnRecordsNoEndpointHas(t *testing.T) {
 	d, _, s := newTestDriver(t)
 	ctx := context.Background()
-	drainAll(d.apply(peerdb.Update{Reset: true}))
+	drainAll(feed(d, peerdb.Update{Reset: true}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
 		t.Fatal(err)
 	}
 	s.puts, s.dels = nil, nil
-	drainAll(d.apply(peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
+	drainAll(feed(d, peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
 		rec("e1", "198.18.0.2", self.String(), 5),
 		rec("old", "198.18.0.9", self.String(), 6),
 		rec("r1", "198.18.0.5", "192.0.2.12", 7), // another node's: not this node's to withdraw
 	}}))
-	d.republish(ctx)
+	d.republish(ctx, "n1")
 	if !slices.Equal(s.dels, []string{"old"}) || len(s.puts) != 0 {
 		t.Errorf("withdrawn %v, written %v; want only the stale own record withdrawn", s.dels, s.puts)
+	}
+	// Records under this node's lease in networks it no longer uses are
+	// in no table: the sweep of the lease's keys withdraws them.
+	s.dels = nil
+	s.own = []peerdb.Key{{NID: "n1", EID: "e1"}, {NID: "gone", EID: "old2"}}
+	d.sweepOwn(ctx)
+	if !slices.Equal(s.dels, []string{"old2"}) {
+		t.Errorf("sweep withdrew %v; want the record of the network not used here", s.dels)
+	}
+}
+
+// fakeGossip records what the driver gossips.
+type fakeGossip struct {
+	mu   sync.Mutex
+	sent []string // "all" or the nodes named, per message
+}
+
+func (g *fakeGossip) Announce(peerdb.GossipUpdate) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.sent = append(g.sent, "all")
+	return nil
+}
+
+func (g *fakeGossip) Send(_ peerdb.GossipUpdate, nodes []string) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.sent = append(g.sent, strings.Join(nodes, ","))
+	return nil
+}
+
+func (g *fakeGossip) Members() []peerdb.Member { return nil }
+
+// A host hears a network only while it uses it, and tells only the hosts
+// that use it: a change goes to the nodes with records in the network;
+// to everyone only while this node does not know them; after the last
+// Leave the network's records are forgotten.
+func TestInterestFollowsAttachment(t *testing.T) {
+	d, p, _ := newTestDriver(t)
+	g := &fakeGossip{}
+	d.SetGossip(g)
+	ctx := context.Background()
+	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
+	// Not loaded: the node knows no user of n1, so it tells everyone.
+	d.mu.Lock()
+	d.want("n1")
+	d.mu.Unlock()
+	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	drainAll(feed(d, peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{
+		rec("r1", "198.18.0.5", "192.0.2.12", 1),
+		rec("r2", "198.18.0.6", "192.0.2.13", 2),
+		rec("r3", "198.18.0.7", "192.0.2.13", 3),
+	}}))
+	d.CreateEndpoint(ctx, "n1", "e2", "198.18.0.3/24", "", "")
+	if _, err := d.Join(ctx, "n1", "e2"); err != nil {
+		t.Fatal(err)
+	}
+	d.Leave(ctx, "n1", "e2")
+	d.Leave(ctx, "n1", "e1")
+	want := []string{"all", "node-192.0.2.12,node-192.0.2.13", "node-192.0.2.12,node-192.0.2.13", "node-192.0.2.12,node-192.0.2.13"}
+	if !slices.Equal(g.sent, want) {
+		t.Errorf("gossiped to %q; want %q", g.sent, want)
+	}
+	d.mu.Lock()
+	held, watched := d.table.Len(), len(d.watches)
+	d.mu.Unlock()
+	if held != 0 || watched != 0 || p.nets["n1"] {
+		t.Errorf("after the last Leave: %d records held, %d networks watched, namespace %v; want none", held, watched, p.nets["n1"])
 	}
 }

@@ -147,17 +147,6 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 	d.mu.Lock()
 	gossip := d.gossip
 	d.mu.Unlock()
-	wait := ctx
-	if gossip != nil {
-		// With gossip, a node that cannot load the table (etcd away since
-		// it started) still joins, and learns peers as they announce.
-		var cancel context.CancelFunc
-		wait, cancel = context.WithTimeout(ctx, etcdWait)
-		defer cancel()
-	}
-	if err := d.waitSynced(wait); err != nil && (gossip == nil || ctx.Err() != nil) {
-		return JoinResult{}, err
-	}
 	n, err := d.network(nid)
 	if err != nil {
 		return JoinResult{}, err
@@ -173,16 +162,17 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 	}
 	res := joinResult(n, ep)
 	if !attached {
-		if err := d.attach(n, ep); err != nil {
+		if err := d.attach(ctx, n, ep, gossip != nil); err != nil {
 			return JoinResult{}, err
 		}
 	}
 	d.mu.Lock()
 	rec := d.record(n, ep)
 	rec.Version = d.nextVersion()
+	to, everyone := d.audience(n.cid)
 	d.mu.Unlock()
 
-	d.announce(gossip, peerdb.GossipUpdate{Put: &rec, Version: rec.Version})
+	d.announce(gossip, peerdb.GossipUpdate{Put: &rec, Version: rec.Version}, to, everyone)
 	if err := d.writeOwn(ctx, peerdb.Op{Key: rec.Key(), Rec: &rec, Version: rec.Version}, gossip != nil); err != nil {
 		d.detach(n, ep)
 		return JoinResult{}, err
@@ -198,9 +188,16 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	key := peerdb.Key{NID: nid, EID: eid}
 	known := false
+	var to []string
+	everyone := false
 	if n, err := d.network(nid); err == nil {
 		n.op.Lock()
 		defer n.op.Unlock()
+		// Who hears of it is read first: the last leave ends the
+		// interest, and the network's users are forgotten with it.
+		d.mu.Lock()
+		to, everyone = d.audience(n.cid)
+		d.mu.Unlock()
 		if d.leaveLocally(n, eid) != nil {
 			known, key.NID = true, n.cid
 		}
@@ -211,7 +208,7 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 	d.mu.Unlock()
 	log := d.log.WithFields(map[string]any{"nid": nid, "eid": eid})
 	if known {
-		d.announce(gossip, peerdb.GossipUpdate{Del: &key, Version: version})
+		d.announce(gossip, peerdb.GossipUpdate{Del: &key, Version: version}, to, everyone)
 	}
 	if err := d.writeOwn(ctx, peerdb.Op{Key: key, Version: version}, gossip != nil && known); err != nil {
 		if !known {
@@ -262,43 +259,30 @@ func (d *Driver) lookup(nid, eid string) (*network, *endpoint, error) {
 }
 
 // attach makes the endpoint's interface, and first the network's namespace
-// with its peers if this is its first endpoint here. On failure it undoes
-// what it did. n.op must be held, d.mu not.
-func (d *Driver) attach(n *network, ep *endpoint) error {
+// with its peers if this is its first endpoint here: this node starts
+// watching the network's records and waits for them (awaitRecords), so
+// the container's first packet finds its peers. On failure it undoes what
+// it did. n.op must be held, d.mu not.
+func (d *Driver) attach(ctx context.Context, n *network, ep *endpoint, gossiping bool) error {
 	d.mu.Lock()
 	first := n.attached == 0
+	var w *netWatch
+	if first {
+		w = d.want(n.cid)
+	}
 	d.mu.Unlock()
 	if first {
-		// An encrypted network's VNIs are protected before its VXLAN
-		// devices exist: no packet of it ever passes in plaintext.
-		if n.encrypted {
-			if d.enc == nil {
-				return errEncryptionOff
-			}
-			if err := d.enc.Attach(n.vnis()); err != nil {
-				return fmt.Errorf("encrypt network %s on this host: %w", n.nid, err)
-			}
+		if err := d.attachNetwork(ctx, n, w, gossiping); err != nil {
+			d.mu.Lock()
+			d.dropInterest(n.cid)
+			d.mu.Unlock()
+			return err
 		}
-		if err := d.plane.EnsureNetwork(n.spec()); err != nil {
-			return errors.Join(fmt.Errorf("create network %s on this host: %w", n.nid, err), d.unprotect(n))
-		}
-		// The table's view starts here; its first changes are all of the
-		// network's peers, which one reconcile writes in one batch after
-		// reading what the kernel has, before the container's interface
-		// exists. Later changes queue behind it.
-		d.mu.Lock()
-		spec, _ := d.viewOf(n.cid)
-		d.table.Attach(n.cid, spec)
-		n.active = true
-		d.queueReconcile(n)
-		d.mu.Unlock()
-		n.lane.drain()
 	}
 	if err := d.plane.AddEndpoint(n.nid, ep.vni, ep.ifName, ep.mac, n.mtu); err != nil {
 		if first {
 			d.mu.Lock()
-			d.table.Detach(n.cid)
-			n.active = false
+			d.endView(n)
 			d.mu.Unlock()
 			n.lane.drain()
 			err = errors.Join(err, d.plane.RemoveNetwork(n.nid), d.unprotect(n))
@@ -328,8 +312,7 @@ func (d *Driver) detach(n *network, ep *endpoint) {
 	last := n.attached == 0
 	var todo []*network
 	if last {
-		d.table.Detach(n.cid)
-		n.active = false
+		d.endView(n)
 	} else {
 		todo = d.queueView(n)
 	}
@@ -351,6 +334,54 @@ func (d *Driver) detach(n *network, ep *endpoint) {
 	if err := d.unprotect(n); err != nil {
 		log.WithError(err).Error("unprotecting the VNIs of a network that left this host")
 	}
+}
+
+// attachNetwork makes n's namespace on this node, with its peers, once
+// the table holds the network's records (or, with gossip, etcdWait has
+// passed without them). n.op must be held, d.mu not.
+func (d *Driver) attachNetwork(ctx context.Context, n *network, w *netWatch, gossiping bool) error {
+	if err := d.awaitRecords(ctx, w, gossiping); err != nil {
+		return err
+	}
+	// An encrypted network's VNIs are protected before its VXLAN devices
+	// exist: no packet of it ever passes in plaintext.
+	if n.encrypted {
+		if d.enc == nil {
+			return errEncryptionOff
+		}
+		if err := d.enc.Attach(n.vnis()); err != nil {
+			return fmt.Errorf("encrypt network %s on this host: %w", n.nid, err)
+		}
+	}
+	if err := d.plane.EnsureNetwork(n.spec()); err != nil {
+		return errors.Join(fmt.Errorf("create network %s on this host: %w", n.nid, err), d.unprotect(n))
+	}
+	// The table's view starts here; its first changes are all of the
+	// network's peers, which one reconcile writes in one batch after
+	// reading what the kernel has, before the container's interface
+	// exists. Later changes queue behind it.
+	d.mu.Lock()
+	spec, _ := d.viewOf(n.cid)
+	d.table.Attach(n.cid, spec)
+	n.active = true
+	d.queueReconcile(n)
+	d.mu.Unlock()
+	n.lane.drain()
+	return nil
+}
+
+// endView ends the table's view of n, and this node's interest in its
+// cluster network unless another network of it is attached here. d.mu
+// must be held.
+func (d *Driver) endView(n *network) {
+	n.active = false
+	for _, o := range d.networks {
+		if o.cid == n.cid && o.active {
+			return
+		}
+	}
+	d.table.Detach(n.cid)
+	d.dropInterest(n.cid)
 }
 
 // unprotect ends the encryption of an encrypted network whose devices are

@@ -8,11 +8,13 @@ import (
 	"github.com/vxnet/vxnet/peerdb"
 )
 
-// Gossiper fans endpoint changes out to every node without etcd;
-// peerdb.Gossip (serf) is the implementation. What other nodes announce
-// arrives on the driver's Inbox.
+// Gossiper fans endpoint changes out without etcd: to the nodes using a
+// network (Send), or to every node while those are not known yet
+// (Announce); peerdb.Gossip (serf) is the implementation. What other
+// nodes announce arrives on the driver's Inbox.
 type Gossiper interface {
 	Announce(peerdb.GossipUpdate) error
+	Send(u peerdb.GossipUpdate, nodes []string) error
 	Members() []peerdb.Member
 }
 
@@ -47,12 +49,19 @@ func (d *Driver) nextVersion() uint64 {
 	return v
 }
 
-// announce gossips an own change, if gossip is on. d.mu must not be held.
-func (d *Driver) announce(g Gossiper, u peerdb.GossipUpdate) {
+// announce gossips an own change, if gossip is on: to the nodes named,
+// or to every node. d.mu must not be held.
+func (d *Driver) announce(g Gossiper, u peerdb.GossipUpdate, nodes []string, everyone bool) {
 	if g == nil {
 		return
 	}
-	if err := g.Announce(u); err != nil {
+	var err error
+	if everyone {
+		err = g.Announce(u)
+	} else {
+		err = g.Send(u, nodes)
+	}
+	if err != nil {
 		d.log.WithError(err).Warn("gossiping an endpoint change")
 	}
 }

@@ -16,18 +16,23 @@ import (
 
 // Status is what `vxnet status` shows of this node.
 type Status struct {
-	Node      string          `json:"node"`
-	VTEP      string          `json:"vtep"`
-	Scope     string          `json:"scope"`
-	Synced    bool            `json:"synced"` // holds a full endpoint table from etcd
-	Networks  int             `json:"networks"`
-	Attached  int             `json:"attached_networks"`
-	Endpoints int             `json:"local_endpoints"`
-	Peers     int             `json:"cluster_endpoints"`
-	Etcd      string          `json:"etcd"` // "ok" or why not
-	Nodes     []peerdb.Node   `json:"nodes"`
-	Members   []peerdb.Member `json:"serf_members"`
-	Pending   int             `json:"pending_etcd_writes"`
+	Node  string `json:"node"`
+	VTEP  string `json:"vtep"`
+	Scope string `json:"scope"`
+	// Synced says the node holds the node table and the records of every
+	// network it uses, from etcd.
+	Synced    bool `json:"synced"`
+	Networks  int  `json:"networks"`
+	Attached  int  `json:"attached_networks"`
+	Endpoints int  `json:"local_endpoints"`
+	// Peers counts the records held: of the networks used here only.
+	Peers int `json:"cluster_endpoints"`
+	// Watched counts the cluster networks whose records this node holds.
+	Watched int             `json:"watched_networks"`
+	Etcd    string          `json:"etcd"` // "ok" or why not
+	Nodes   []peerdb.Node   `json:"nodes"`
+	Members []peerdb.Member `json:"serf_members"`
+	Pending int             `json:"pending_etcd_writes"`
 	// Encryption is nil where encryption is off.
 	Encryption *ipsec.Status `json:"encryption,omitempty"`
 }
@@ -61,6 +66,11 @@ func (d *Driver) localStatus() Status {
 		st.Endpoints += len(n.endpoints)
 	}
 	st.Pending = len(d.table.Pending())
+	st.Watched = len(d.watches)
+	st.Synced = d.nodesAreLoaded()
+	for _, w := range d.watches {
+		st.Synced = st.Synced && w.isLoaded()
+	}
 	gossip, enc := d.gossip, d.enc
 	d.mu.Unlock()
 	if enc != nil {
@@ -70,15 +80,10 @@ func (d *Driver) localStatus() Status {
 	if gossip != nil {
 		st.Members = gossip.Members()
 	}
-	select {
-	case <-d.synced:
-		st.Synced = true
-	default:
-	}
 	return st
 }
 
-// PeerView is one row of `vxnet peers`: an endpoint of the cluster table
+// PeerView is one row of `vxnet peers`: an endpoint of a network used here
 // and whether this host's kernel holds its entries as they should be.
 type PeerView struct {
 	Network string `json:"network"` // the local network ID

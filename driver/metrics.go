@@ -10,6 +10,7 @@ import (
 type metrics struct {
 	programErrors prometheus.Counter
 	eventLag      prometheus.Histogram
+	peerEvents    *prometheus.CounterVec
 }
 
 func newMetrics() metrics {
@@ -23,15 +24,20 @@ func newMetrics() metrics {
 			Help:    "From an endpoint record's write on its node to its programming here (clocks of both nodes).",
 			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+		peerEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vxnet_peer_events_total",
+			Help: "Endpoint changes this node received, by source: etcd (watch events), etcd-list (records of a network listed whole), gossip-direct (sent to this node), gossip-broadcast (sent to every node). They follow the churn of the networks used here, not the cluster's.",
+		}, []string{"source"}),
 	}
 }
 
 var (
 	descProgrammed = prometheus.NewDesc("vxnet_peers_programmed", "Remote peers this host's kernel holds entries for, per attached network, as programmed (vxnet check compares them with the kernel).", []string{"network"}, nil)
 	descLocal      = prometheus.NewDesc("vxnet_local_endpoints", "Endpoints created on this node.", nil, nil)
-	descCluster    = prometheus.NewDesc("vxnet_cluster_endpoints", "Endpoint records in the cluster table.", nil, nil)
+	descCluster    = prometheus.NewDesc("vxnet_cluster_endpoints", "Endpoint records this node holds: those of the networks used here.", nil, nil)
+	descWatched    = prometheus.NewDesc("vxnet_watched_networks", "Cluster networks whose records this node holds and watches in etcd: those with an endpoint here.", nil, nil)
 	descEtcdUp     = prometheus.NewDesc("vxnet_etcd_up", "1 if etcd answered this node in the last 10 s (lease keepalive, list or watch).", nil, nil)
-	descSynced     = prometheus.NewDesc("vxnet_peer_table_loaded", "1 once a full endpoint table came from etcd.", nil, nil)
+	descSynced     = prometheus.NewDesc("vxnet_peer_table_loaded", "1 while this node holds the node table and the records of every network used here, from etcd.", nil, nil)
 	descMembers    = prometheus.NewDesc("vxnet_serf_members", "serf members this node knows, by state (alive, leaving, left, failed).", []string{"status"}, nil)
 	descPending    = prometheus.NewDesc("vxnet_pending_etcd_writes", "Own endpoint changes gossiped but not yet written to etcd.", nil, nil)
 	descEpoch      = prometheus.NewDesc("vxnet_ipsec_epoch", "The key epoch this node holds inbound SAs for.", nil, nil)
@@ -46,11 +52,12 @@ func (d *Driver) Collector() prometheus.Collector { return (*collector)(d) }
 type collector Driver
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descEtcdUp, descSynced, descMembers, descPending, descEpoch, descSAs, descConflicts, descRefused} {
+	for _, desc := range []*prometheus.Desc{descProgrammed, descLocal, descCluster, descWatched, descEtcdUp, descSynced, descMembers, descPending, descEpoch, descSAs, descConflicts, descRefused} {
 		ch <- desc
 	}
 	c.metrics.programErrors.Describe(ch)
 	c.metrics.eventLag.Describe(ch)
+	c.metrics.peerEvents.Describe(ch)
 }
 
 // Collect reports what the driver keeps as events happen: a scrape reads
@@ -76,6 +83,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	st := d.localStatus()
 	ch <- prometheus.MustNewConstMetric(descLocal, prometheus.GaugeValue, float64(st.Endpoints))
 	ch <- prometheus.MustNewConstMetric(descCluster, prometheus.GaugeValue, float64(st.Peers))
+	ch <- prometheus.MustNewConstMetric(descWatched, prometheus.GaugeValue, float64(st.Watched))
 	ch <- prometheus.MustNewConstMetric(descEtcdUp, prometheus.GaugeValue, b2f(d.store.Healthy()))
 	ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(st.Synced))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
@@ -95,6 +103,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.metrics.programErrors.Collect(ch)
 	c.metrics.eventLag.Collect(ch)
+	c.metrics.peerEvents.Collect(ch)
 }
 
 func b2f(b bool) float64 {

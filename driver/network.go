@@ -196,8 +196,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
 	}
 	wasAttached := n.attached > 0
 	if n.active {
-		d.table.Detach(n.cid)
-		n.active = false
+		d.endView(n)
 	}
 	d.mu.Unlock()
 	n.lane.drain()

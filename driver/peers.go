@@ -2,9 +2,7 @@ package driver
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -16,33 +14,44 @@ import (
 // gossip said that etcd never confirmed.
 const tickEvery = time.Second
 
-// Run applies the cluster's endpoint table to this node's kernel until ctx
-// ends, and returns once its watches have: one loop, fed by the store's endpoint and node watches and by
-// gossip, merges each event into the table (peerdb.Table) under the
-// driver lock and programs the kernel changes it returns. It also retries
-// own changes etcd could not take.
+// Run applies the records of the networks this node uses to its kernel
+// until ctx ends, and returns once its watches have. Its loop takes the
+// node table from etcd, others' announcements from gossip, and retries
+// own changes etcd could not take; each network this node uses has its
+// own watch (interest.go), started here for the networks restored from
+// the state file and by the first attach of any other. Every event is
+// merged into the table (peerdb.Table) under the driver lock, and the
+// kernel changes it returns are programmed on the network's lane.
 func (d *Driver) Run(ctx context.Context) {
-	updates := make(chan peerdb.Update)
 	nodes := make(chan peerdb.NodeUpdate)
 	var watches sync.WaitGroup
 	defer watches.Wait() // they return once ctx has ended
-	watches.Go(func() { d.store.WatchEndpoints(ctx, updates) })
 	watches.Go(func() { d.store.WatchNodes(ctx, nodes) })
 	// Networks restored from the state file are attached already: the
-	// table takes them in now, and their kernels are reconciled with the
-	// first full table.
+	// table takes them in now, and their kernels are reconciled with
+	// their first records.
 	d.mu.Lock()
+	d.runCtx = ctx
 	for _, n := range d.networks {
 		if spec, attached := d.viewOf(n.cid); attached {
+			d.want(n.cid)
 			d.table.Attach(n.cid, spec)
 			n.active = true
 		}
 	}
+	for _, w := range d.watches {
+		if w.cancel == nil {
+			d.follow(w)
+		}
+	}
 	d.mu.Unlock()
-	// Endpoint records are checked against their nodes: none is taken
-	// before the node table is, or a restart would drop every peer until
-	// the node records arrived.
-	var endpoints <-chan peerdb.Update
+	defer func() {
+		d.mu.Lock()
+		d.runCtx = nil // no watch starts after this
+		d.mu.Unlock()
+		d.runWatches.Wait()
+	}()
+	var nodesLoaded sync.Once
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	for {
@@ -51,21 +60,26 @@ func (d *Driver) Run(ctx context.Context) {
 			return
 		case u := <-nodes:
 			drainAll(d.applyNodes(u))
-			endpoints = updates
-		case u := <-endpoints:
-			drainAll(d.apply(u))
-			if u.Reset {
-				d.republish(ctx)
-				// A full table arrives as one large list: hand the memory
-				// it took to decode back to the system now, not whenever
-				// the runtime gets round to it.
-				debug.FreeOSMemory()
+			nodesLoaded.Do(func() { close(d.nodesLoaded) })
+			if u.Reset && d.sweeping.CompareAndSwap(false, true) {
+				// It may wait for the lease: not on the loop.
+				d.runWatches.Go(func() { defer d.sweeping.Store(false); d.sweepOwn(ctx) })
 			}
 		case m := <-d.inbox:
+			source := "gossip-direct"
+			if m.Broadcast {
+				source = "gossip-broadcast"
+			}
+			d.metrics.peerEvents.WithLabelValues(source).Inc()
 			d.mu.Lock()
-			todo := d.queueChanges(d.table.Gossip(m))
+			ch, heard := d.table.Gossip(m)
+			todo := d.queueChanges(ch)
+			g := d.gossip
 			d.mu.Unlock()
 			drainAll(todo)
+			if heard.NewMember && g != nil {
+				d.welcome(g, heard.Key.NID, heard.Node)
+			}
 		case <-tick.C:
 			d.flushPending(ctx)
 			healthy := d.store.Healthy()
@@ -79,42 +93,92 @@ func (d *Driver) Run(ctx context.Context) {
 
 // Republish writes the records of all this node's attached endpoints again:
 // for when the node's lease was renewed and its records had lapsed.
-func (d *Driver) Republish(ctx context.Context) { d.publish(ctx, true) }
+func (d *Driver) Republish(ctx context.Context) {
+	d.mu.Lock()
+	var recs []peerdb.Endpoint
+	for _, n := range d.networks {
+		for _, ep := range n.endpoints {
+			if ep.attached {
+				r := d.record(n, ep)
+				r.Version = d.nextVersion()
+				recs = append(recs, r)
+			}
+		}
+	}
+	d.mu.Unlock()
+	d.rewrite(ctx, recs, nil)
+}
 
-// republish makes etcd hold exactly this node's attached endpoints: it
-// writes the records etcd lacks or holds wrong, and withdraws records
-// under this node's name that no endpoint here has any more. So a record
-// lost while this node was not watching comes back, and one etcd kept
-// that the node dropped meanwhile (a restart, etcd restored from an old
-// snapshot) goes.
-func (d *Driver) republish(ctx context.Context) { d.publish(ctx, false) }
-
-func (d *Driver) publish(ctx context.Context, all bool) {
+// republish makes etcd hold exactly this node's attached endpoints of
+// network cid, once the table holds the network's records: it writes the
+// records etcd lacks or holds wrong, and withdraws records under this
+// node's name that no endpoint here has any more. So a record lost while
+// this node was not watching comes back, and one etcd kept that the node
+// dropped meanwhile (a restart, etcd restored from an old snapshot) goes.
+func (d *Driver) republish(ctx context.Context, cid string) {
 	d.mu.Lock()
 	var recs []peerdb.Endpoint
 	mine := map[peerdb.Key]bool{}
 	for _, n := range d.networks {
+		if n.cid != cid {
+			continue
+		}
 		for _, ep := range n.endpoints {
 			if !ep.attached {
 				continue
 			}
 			r := d.record(n, ep)
 			mine[r.Key()] = true
-			if cur, ok := d.table.Stored(r.Key()); all || !ok || !samePeer(cur, r) || cur.Node != r.Node {
+			if cur, ok := d.table.Stored(r.Key()); !ok || !samePeer(cur, r) || cur.Node != r.Node {
 				r.Version = d.nextVersion()
 				recs = append(recs, r)
 			}
 		}
 	}
 	var stale []peerdb.Key
-	if !all {
-		for _, e := range d.table.StoredBy(d.cfg.Node) {
-			if !mine[e.Key()] {
-				stale = append(stale, e.Key())
+	for _, e := range d.table.StoredBy(cid, d.cfg.Node) {
+		if !mine[e.Key()] {
+			stale = append(stale, e.Key())
+		}
+	}
+	d.mu.Unlock()
+	d.rewrite(ctx, recs, stale)
+}
+
+// sweepOwn withdraws the records etcd holds under this node's lease that
+// no attached endpoint here has, in any network: those of networks this
+// node no longer watches are in no table. It reads only the lease's keys.
+func (d *Driver) sweepOwn(ctx context.Context) {
+	c, cancel := context.WithTimeout(ctx, etcdWriteTimeout)
+	keys, err := d.store.OwnEndpointKeys(c)
+	cancel()
+	if err != nil {
+		d.log.WithError(err).Warn("listing this node's records in etcd; stale ones stay until the next full sync")
+		return
+	}
+	// What is attached is read after etcd answered: a record written
+	// since belongs to an endpoint attached before its write.
+	d.mu.Lock()
+	mine := map[peerdb.Key]bool{}
+	for _, n := range d.networks {
+		for _, ep := range n.endpoints {
+			if ep.attached {
+				mine[peerdb.Key{NID: n.cid, EID: ep.eid}] = true
 			}
 		}
 	}
 	d.mu.Unlock()
+	var stale []peerdb.Key
+	for _, k := range keys {
+		if !mine[k] {
+			stale = append(stale, k)
+		}
+	}
+	d.rewrite(ctx, nil, stale)
+}
+
+// rewrite writes recs and withdraws stale, each bounded, logging each.
+func (d *Driver) rewrite(ctx context.Context, recs []peerdb.Endpoint, stale []peerdb.Key) {
 	for _, r := range recs {
 		c, cancel := context.WithTimeout(ctx, etcdWriteTimeout)
 		err := d.store.PutEndpoint(c, r)
@@ -139,17 +203,6 @@ func (d *Driver) publish(ctx context.Context, all bool) {
 	}
 }
 
-// waitSynced waits until the driver holds a full endpoint table, so a first
-// Join can program every existing peer.
-func (d *Driver) waitSynced(ctx context.Context) error {
-	select {
-	case <-d.synced:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("peer table not loaded from etcd yet: %w", ctx.Err())
-	}
-}
-
 // applyNodes merges a change of the node table: records are checked
 // against their nodes, so a node's arrival or departure can change what
 // the kernel holds. It returns the networks whose lanes hold new work.
@@ -169,21 +222,24 @@ func (d *Driver) applyNodes(u peerdb.NodeUpdate) []*network {
 	return todo
 }
 
-// apply merges an update from etcd into the table and queues the kernel
-// difference. A reset (the whole table, after a start or a broken watch)
-// queues a reconcile of every attached network's kernel against the table
-// instead: whatever changed while vxnet was not watching — removed, moved
-// or missing entries — is put right. It returns the networks whose lanes
-// hold new work.
-func (d *Driver) apply(u peerdb.Update) []*network {
+// apply merges an update of network w.cid from etcd into the table and
+// queues the kernel difference. A reset (all the network's records, after
+// the watch started or broke) queues a reconcile of the network's kernel
+// against the table instead: whatever changed while vxnet was not
+// watching — removed, moved or missing entries — is put right. An update
+// of a watch that has ended is dropped. It returns the networks whose
+// lanes hold new work.
+func (d *Driver) apply(w *netWatch, u peerdb.Update) []*network {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer d.syncedOnce.Do(func() { close(d.synced) })
+	if d.watches[w.cid] != w {
+		return nil // the interest ended (and may have started again)
+	}
 	var todo []*network
 	if u.Reset {
-		d.table.ResetEtcd(u.Puts)
+		d.table.ResetNetwork(w.cid, u.Puts)
 		for _, n := range d.networks {
-			if n.active {
+			if n.active && n.cid == w.cid {
 				d.queueReconcile(n)
 				todo = append(todo, n)
 			}
@@ -349,7 +405,7 @@ func (d *Driver) queueView(n *network) []*network {
 	}
 	spec, attached := d.viewOf(n.cid)
 	if !attached {
-		d.table.Detach(n.cid)
+		d.endView(n)
 		return nil
 	}
 	return d.queueChanges(d.table.Attach(n.cid, spec))

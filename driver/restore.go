@@ -28,7 +28,7 @@ type networkReader interface {
 // state.go): an endpoint counts as attached only if its network's
 // namespace still exists (a host reboot empties /run); a pinned namespace
 // is removed only if the state, read whole, shows that nothing uses it.
-// Call it before serving Docker; the first full table from etcd then
+// Call it before serving Docker; each network's first records from etcd then
 // reconciles every attached network's peers. Problems are logged, never
 // fatal: a bad state file costs what it lost, not the node.
 func (d *Driver) Restore() error {
@@ -51,6 +51,15 @@ func (d *Driver) Restore() error {
 			needEtcd = true
 		}
 	}
+	// Own records are read from the networks the node knows of: those in
+	// the state and the pinned ones it lost (a swarm network's cluster ID
+	// is its ID).
+	cids := slices.Clone(unknown)
+	for _, n := range d.networks {
+		if !slices.Contains(cids, n.cid) {
+			cids = append(cids, n.cid)
+		}
+	}
 	d.mu.Unlock()
 
 	// etcd, without the lock (it is never held across an etcd call).
@@ -58,7 +67,7 @@ func (d *Driver) Restore() error {
 	var recs map[string]peerdb.Network
 	var etcdErr error
 	if needEtcd {
-		own, recs, etcdErr = d.readOwnRecords(unknown)
+		own, recs, etcdErr = d.readOwnRecords(cids, unknown)
 		if etcdErr != nil {
 			d.log.WithError(etcdErr).Warn("node state: etcd cannot say what this node had; keeping every namespace in doubt")
 		}
@@ -112,32 +121,23 @@ func (d *Driver) Restore() error {
 	return nil
 }
 
-// readOwnRecords reads this node's endpoint records from etcd, by cluster
-// network ID, and the records of the networks in nids (nil if the store
-// cannot read them), within restoreWait.
-func (d *Driver) readOwnRecords(nids []string) (map[string][]peerdb.Endpoint, map[string]peerdb.Network, error) {
+// readOwnRecords reads this node's endpoint records in the networks cids
+// from etcd, by cluster network ID, and the records of the networks in
+// nids (nil if the store cannot read them), within restoreWait. It lists
+// only those networks, never the whole table.
+func (d *Driver) readOwnRecords(cids, nids []string) (map[string][]peerdb.Endpoint, map[string]peerdb.Network, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), restoreWait)
 	defer cancel()
-	updates := make(chan peerdb.Update)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		d.store.WatchEndpoints(ctx, updates)
-	}()
-	defer func() { cancel(); <-done }()
-	var table []peerdb.Endpoint
-	select {
-	case u := <-updates:
-		table = u.Puts // the first update is the whole table
-	case <-done:
-		return nil, nil, errors.New("the endpoint watch ended before the table came")
-	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("no endpoint table from etcd within %s", restoreWait)
-	}
 	own := map[string][]peerdb.Endpoint{}
-	for _, e := range table {
-		if e.Node == d.cfg.Node {
-			own[e.NID] = append(own[e.NID], e)
+	for _, cid := range cids {
+		recs, err := d.store.NetworkEndpoints(ctx, cid)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, e := range recs {
+			if e.Node == d.cfg.Node {
+				own[cid] = append(own[cid], e)
+			}
 		}
 	}
 	nr, ok := d.store.(networkReader)

@@ -25,15 +25,17 @@ type etcdStore struct {
 	away  bool
 }
 
-func (s *etcdStore) WatchEndpoints(ctx context.Context, out chan<- peerdb.Update) {
+func (s *etcdStore) NetworkEndpoints(_ context.Context, nid string) ([]peerdb.Endpoint, error) {
 	if s.away {
-		return
+		return nil, peerdb.ErrUnavailable
 	}
-	select {
-	case out <- peerdb.Update{Reset: true, Puts: s.table}:
-	case <-ctx.Done():
+	var out []peerdb.Endpoint
+	for _, e := range s.table {
+		if e.NID == nid {
+			out = append(out, e)
+		}
 	}
-	<-ctx.Done()
+	return out, nil
 }
 
 func (s *etcdStore) Network(_ context.Context, nid string) (peerdb.Network, bool, error) {
@@ -75,7 +77,7 @@ func newRestartable(t *testing.T) *restartable {
 		}
 		r.store.nets[nid] = peerdb.Network{NID: nid, VNIs: []uint32{d.networks[nid].subnets[0].VNI}, Subnets: []netip.Prefix{d.networks[nid].subnets[0].Prefix}, Options: opts}
 	}
-	drainAll(d.apply(peerdb.Update{Reset: true}))
+	drainAll(feed(d, peerdb.Update{Reset: true}))
 	for _, eid := range []string{eidUp, eidDown} {
 		addr := map[string]string{eidUp: "198.18.0.2/24", eidDown: "198.18.0.3/24"}[eid]
 		if _, err := d.CreateEndpoint(ctx, nidLive, eid, addr, "", ""); err != nil {
@@ -179,7 +181,7 @@ func TestRestoreGoodFile(t *testing.T) {
 	}
 
 	// Docker's replayed Leave now does the real work.
-	drainAll(d.apply(peerdb.Update{Reset: true}))
+	drainAll(feed(d, peerdb.Update{Reset: true}))
 	r.plane.calls = nil
 	if err := d.Leave(context.Background(), nidLive, eidUp); err != nil {
 		t.Fatal(err)

@@ -26,14 +26,19 @@
 //
 // # Two sources: etcd and serf
 //
-// etcd is the durable truth: the table is read with a list, then a watch
-// from the list's revision + 1; a failed or compacted watch lists again
-// and sends the whole table (a reset), so the receiver can drop whatever
-// the new table lacks. serf (Gossip) carries the same changes to every
-// node in milliseconds and needs no etcd: a node announces each change of
-// its own endpoints by gossip first, then writes it to etcd, and queues the
-// write if etcd does not answer. Node records are watched the same way;
-// endpoint records are checked against them.
+// etcd is the durable truth. A node holds the records of the networks it
+// uses only (interest follows attachment): each is read with a list of its
+// prefix endpoints/<nid>/, then a watch from the list's revision + 1; a
+// failed or compacted watch lists again and sends all the network's
+// records (a reset), so the receiver can drop whatever the new list lacks.
+// Gossip (serf's members and keys) carries the same changes in
+// milliseconds and needs no etcd: a node sends each change of its own
+// endpoints first, directly, to the nodes with records in the network
+// (direct.go), then writes it to etcd, and queues the write if etcd does
+// not answer. A node that could not list a network yet (etcd away) sends
+// to every member instead, and the members using the network answer with
+// their own records of it. Node records are watched whole (they are few
+// and small); endpoint records are checked against them.
 //
 // # Who may say what
 //
@@ -63,7 +68,7 @@
 // Table applies it; nothing else does. For each endpoint key:
 //
 //   - etcd's record is what the last etcd event (in revision order) or
-//     full table said; a record whose version is more than
+//     list of its network said; a record whose version is more than
 //     MaxVersionAhead past this node's clock counts as absent, so no
 //     version can win forever;
 //   - a gossiped change (put or delete) is held beside it, provisionally,

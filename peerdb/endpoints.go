@@ -52,37 +52,40 @@ func (s *Store) PutNode(ctx context.Context, n Node) error {
 	return s.putLeased(ctx, s.nodeKey(n.Name), n, "publish node "+n.Name)
 }
 
-// Update is one change to the endpoint table, in revision order.
+// Update is one change to the records of one network, in revision order.
 type Update struct {
-	// Reset says Puts is the whole table as of Revision: anything not in
-	// it is gone.
+	// NID is the network (cluster ID) the update is of.
+	NID string
+	// Reset says Puts are all the network's records as of Revision:
+	// anything not in it is gone.
 	Reset    bool
 	Puts     []Endpoint
 	Deletes  []Key
 	Revision int64
 }
 
-// WatchEndpoints sends the endpoint table to out: first the whole table
-// (Reset), then the changes of each etcd watch response as one Update. After
-// the watch fails (lost leader, compaction) it lists and sends the whole
-// table again. Sends block until the receiver takes the update. It returns
-// when ctx ends. A record that cannot be taken as stored (undecodable, or
-// naming another endpoint than its key) counts as deleted.
-func (s *Store) WatchEndpoints(ctx context.Context, out chan<- Update) {
-	s.watchPrefix(ctx, s.endpointsPrefix(), "endpoint", func(kvs []*mvccpb.KeyValue, rev int64) bool {
-		u := Update{Reset: true, Revision: rev}
-		for _, kv := range kvs {
-			if e, ok := s.decodeEndpoint(kv); ok {
-				u.Puts = append(u.Puts, e)
-			}
-		}
-		return send(ctx, out, u)
+// WatchNetwork sends the records of network nid to out: first all of them
+// (Reset), then the changes of each etcd watch response as one Update.
+// After the watch fails (lost leader, compaction, a restored etcd) it lists
+// and sends all of them again. Sends block until the receiver takes the
+// update. It returns when ctx ends. A record that cannot be taken as stored
+// (undecodable, or naming another endpoint than its key) counts as deleted.
+//
+// A node watches only the networks it uses (interest follows attachment):
+// what it holds and hears grows with its own networks, not the cluster.
+func (s *Store) WatchNetwork(ctx context.Context, nid string, out chan<- Update) {
+	if !validNID(nid) {
+		s.log.WithField("nid", quoteKey([]byte(nid))).Error("not watching a network ID that could name other keys")
+		return
+	}
+	s.watchPrefix(ctx, s.networkEndpointsPrefix(nid), "endpoint", func(kvs []*mvccpb.KeyValue, rev int64) bool {
+		return send(ctx, out, Update{NID: nid, Reset: true, Revision: rev, Puts: s.decodeEndpoints(kvs)})
 	}, func(evs []*clientv3.Event, rev int64) bool {
-		u := Update{Revision: rev}
+		u := Update{NID: nid, Revision: rev}
 		for _, ev := range evs {
 			k, ok := s.parseEndpointKey(string(ev.Kv.Key))
-			if !ok {
-				s.log.WithField("key", string(ev.Kv.Key)).Warn("ignoring a key under the endpoint prefix that names no endpoint")
+			if !ok || k.NID != nid {
+				s.log.WithField("key", quoteKey(ev.Kv.Key)).Warn("ignoring a key under the endpoint prefix that names no endpoint")
 				continue
 			}
 			if ev.Type == clientv3.EventTypePut {
@@ -95,6 +98,66 @@ func (s *Store) WatchEndpoints(ctx context.Context, out chan<- Update) {
 		}
 		return len(u.Puts)+len(u.Deletes) == 0 || send(ctx, out, u)
 	})
+}
+
+// validNID reports whether nid can stand in a key as one path element.
+func validNID(nid string) bool { return nid != "" && !strings.ContainsAny(nid, "/\x00") }
+
+// NetworkEndpoints lists the records of network nid.
+func (s *Store) NetworkEndpoints(ctx context.Context, nid string) ([]Endpoint, error) {
+	if !validNID(nid) {
+		return nil, fmt.Errorf("network ID %s cannot name a key", quoteKey([]byte(nid)))
+	}
+	cli, err := s.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.Get(ctx, s.networkEndpointsPrefix(nid), clientv3.WithPrefix())
+	if err != nil {
+		return nil, s.wrap("list endpoints of network "+nid, err)
+	}
+	s.answered()
+	return s.decodeEndpoints(resp.Kvs), nil
+}
+
+func (s *Store) decodeEndpoints(kvs []*mvccpb.KeyValue) []Endpoint {
+	out := make([]Endpoint, 0, len(kvs))
+	for _, kv := range kvs {
+		if e, ok := s.decodeEndpoint(kv); ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// OwnEndpointKeys lists the endpoint records stored under this node's
+// lease, whatever their network: the records this node wrote and etcd
+// still holds. It reads only the lease's keys, never the whole table. A
+// store without a lease has none.
+func (s *Store) OwnEndpointKeys(ctx context.Context) ([]Key, error) {
+	if s.cfg.LeaseTTL <= 0 {
+		return nil, nil
+	}
+	cli, err := s.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lease, err := s.leaseID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
+	if err != nil {
+		return nil, s.wrap("list the keys of the node lease", err)
+	}
+	s.answered()
+	var out []Key
+	for _, raw := range resp.Keys {
+		if k, ok := s.parseEndpointKey(string(raw)); ok && strings.HasPrefix(string(raw), s.endpointsPrefix()) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
 }
 
 // watchRetry paces the re-listing of a prefix after its watch failed.
@@ -246,8 +309,8 @@ type NodeUpdate struct {
 	Deletes []string
 }
 
-// WatchNodes sends the node table to out as WatchEndpoints does the
-// endpoint table, until ctx ends.
+// WatchNodes sends the node table to out as WatchNetwork does a
+// network's records, until ctx ends.
 func (s *Store) WatchNodes(ctx context.Context, out chan<- NodeUpdate) {
 	s.watchPrefix(ctx, s.nodesPrefix(), "node", func(kvs []*mvccpb.KeyValue, rev int64) bool {
 		u := NodeUpdate{Reset: true}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
@@ -30,10 +31,14 @@ import (
 type Gossip struct {
 	serf *serf.Serf
 	ring *memberlist.Keyring
+	tr   *directTransport
 	node string
 	sign ed25519.PrivateKey
 	log  *logrus.Entry
 	done chan struct{} // closed when loop has returned
+
+	mu    sync.Mutex
+	addrs map[string]string // alive members' gossip addresses (host:port), by name
 }
 
 // GossipUpdate is one endpoint change carried by gossip: a put (Put set)
@@ -87,7 +92,14 @@ func StartGossip(cfg GossipConfig, log *logrus.Entry) (*Gossip, error) {
 		return nil, fmt.Errorf("gossip key: %w", err)
 	}
 	events := make(chan serf.Event, gossipQueue)
+	g := &Gossip{ring: ring, node: cfg.Node, sign: cfg.Sign, log: log, done: make(chan struct{}), addrs: map[string]string{}}
+	tr, err := newDirectTransport(cfg.Addr.String(), cfg.Port, ring, func(b []byte, from net.Addr) { g.direct(b, from, cfg.Updates) })
+	if err != nil {
+		return nil, fmt.Errorf("gossip on %s:%d (VXNET_SERF_PORT): %w", cfg.Addr, cfg.Port, err)
+	}
+	g.tr = tr
 	ml := memberlist.DefaultLANConfig()
+	ml.Transport = tr
 	ml.BindAddr, ml.BindPort = cfg.Addr.String(), cfg.Port
 	ml.AdvertiseAddr, ml.AdvertisePort = cfg.Addr.String(), cfg.Port
 	ml.Keyring = ring
@@ -101,9 +113,10 @@ func StartGossip(cfg GossipConfig, log *logrus.Entry) (*Gossip, error) {
 	sc.LogOutput = io.Discard
 	s, err := serf.Create(sc)
 	if err != nil {
+		tr.Shutdown()
 		return nil, fmt.Errorf("start serf on %s:%d (VXNET_SERF_PORT): %w", cfg.Addr, cfg.Port, err)
 	}
-	g := &Gossip{serf: s, ring: ring, node: cfg.Node, sign: cfg.Sign, log: log, done: make(chan struct{})}
+	g.serf = s
 	go g.loop(events, cfg.Updates)
 	return g, nil
 }
@@ -130,30 +143,86 @@ func (g *Gossip) loop(events <-chan serf.Event, out chan<- SignedUpdate) {
 				g.log.WithError(err).Warn("ignoring undecodable gossip")
 				continue
 			}
+			m.Broadcast = true
 			select {
 			case out <- m:
 			case <-shutdown:
 				return
 			}
 		case serf.MemberEvent:
+			g.mu.Lock()
 			for _, m := range e.Members {
 				g.log.WithField("node", m.Name).Infof("serf: %s", e.Type)
+				switch e.Type {
+				case serf.EventMemberJoin, serf.EventMemberUpdate:
+					g.addrs[m.Name] = net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))
+				case serf.EventMemberLeave, serf.EventMemberFailed, serf.EventMemberReap:
+					delete(g.addrs, m.Name)
+				}
 			}
+			g.mu.Unlock()
 		}
 	}
 }
 
-// Announce signs u and gossips it to every member.
+// Announce signs u and gossips it to every member: for a change of a
+// network whose users this node does not know yet.
 func (g *Gossip) Announce(u GossipUpdate) error {
-	m, err := Sign(g.node, g.sign, u)
-	if err != nil {
-		return err
-	}
-	b, err := json.Marshal(m)
+	b, err := g.signed(u)
 	if err != nil {
 		return err
 	}
 	return g.serf.UserEvent(eventName, b, false)
+}
+
+// Send signs u and sends it to the members named, directly: for a change
+// of a network whose users this node knows. Members serf does not know
+// alive are skipped; etcd brings them the change.
+func (g *Gossip) Send(u GossipUpdate, nodes []string) error {
+	if len(nodes) == 0 {
+		return nil
+	}
+	b, err := g.signed(u)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range nodes {
+		g.mu.Lock()
+		addr, ok := g.addrs[n]
+		g.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if err := g.tr.send(b, addr); err != nil {
+			errs = append(errs, fmt.Errorf("to %s: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Gossip) signed(u GossipUpdate) ([]byte, error) {
+	m, err := Sign(g.node, g.sign, u)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(m)
+}
+
+// direct takes a direct message's payload: a signed update, checked by
+// the table like any other. It never blocks memberlist's packets: when
+// the receiver is behind, the message is dropped (etcd brings the change).
+func (g *Gossip) direct(b []byte, from net.Addr, out chan<- SignedUpdate) {
+	var m SignedUpdate
+	if err := json.Unmarshal(b, &m); err != nil {
+		g.log.WithField("from", from).WithError(err).Warn("ignoring an undecodable direct message")
+		return
+	}
+	select {
+	case out <- m:
+	default:
+		g.log.WithField("from", from).Warn("dropping a direct message: the peer table is behind (etcd brings the change)")
+	}
 }
 
 // Join contacts the members at addrs (host:port); it returns how many
@@ -178,6 +247,17 @@ func (g *Gossip) Alive() int {
 		}
 	}
 	return n
+}
+
+// aliveNames are the members in state alive, by name.
+func (g *Gossip) aliveNames() map[string]bool {
+	out := map[string]bool{}
+	for _, m := range g.serf.Members() {
+		if m.Status == serf.StatusAlive {
+			out[m.Name] = true
+		}
+	}
+	return out
 }
 
 // SetKeys makes keys the member's gossip keys, keys[0] the one it sends

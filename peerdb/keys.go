@@ -35,9 +35,9 @@ type KeyUpdate struct {
 	Deletes []string // node names
 }
 
-// WatchKeyRecords sends the key table to out as WatchEndpoints does the
-// endpoint table: the whole table first and after every broken watch, then
-// each change. Sends block until the receiver takes the update.
+// WatchKeyRecords sends the key table to out as WatchNetwork does a
+// network's records: the whole table first and after every broken watch,
+// then each change. Sends block until the receiver takes the update.
 func (s *Store) WatchKeyRecords(ctx context.Context, out chan<- KeyUpdate) {
 	deliver := func(u KeyUpdate) bool {
 		select {

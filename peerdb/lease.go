@@ -117,6 +117,15 @@ func (s *Store) leased(ctx context.Context) (clientv3.OpOption, error) {
 	if s.cfg.LeaseTTL <= 0 {
 		return func(*clientv3.Op) {}, nil
 	}
+	id, err := s.leaseID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return clientv3.WithLease(id), nil
+}
+
+// leaseID returns the node's lease, waiting for it until ctx ends.
+func (s *Store) leaseID(ctx context.Context) (clientv3.LeaseID, error) {
 	s.leaseMu.Lock()
 	ready := s.leaseReady
 	s.leaseMu.Unlock()
@@ -124,12 +133,12 @@ func (s *Store) leased(ctx context.Context) (clientv3.OpOption, error) {
 		select {
 		case <-ready:
 		case <-ctx.Done():
-			return nil, s.unreachable(fmt.Errorf("no node lease yet: %w", ctx.Err()))
+			return 0, s.unreachable(fmt.Errorf("no node lease yet: %w", ctx.Err()))
 		}
 	}
 	s.leaseMu.Lock()
 	defer s.leaseMu.Unlock()
-	return clientv3.WithLease(s.lease), nil
+	return s.lease, nil
 }
 
 // OnNewLease registers fn to run whenever the node gets a lease other

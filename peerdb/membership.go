@@ -3,6 +3,7 @@ package peerdb
 import (
 	"context"
 	"crypto/ed25519"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -26,6 +27,9 @@ type MembershipConfig struct {
 	Updates chan<- SignedUpdate
 	// OnGossip is called once this node's serf member runs.
 	OnGossip func(*Gossip)
+	// Nodes returns the node records the caller holds (it watches them);
+	// nil reads them from etcd at each check.
+	Nodes func() []Node
 }
 
 const (
@@ -37,6 +41,9 @@ const (
 	rejoinEvery = 3 * time.Second
 	// nodesTimeout bounds the read of the node list for that check.
 	nodesTimeout = 5 * time.Second
+	// maxJoin is how many nodes one check contacts: serf learns the rest
+	// of the cluster from them.
+	maxJoin = 8
 )
 
 // publishRetry paces attempts to write the node record or read the gossip
@@ -122,18 +129,35 @@ func (m *Membership) Run(ctx context.Context) {
 	}
 }
 
-// rejoin joins the nodes etcd lists if serf knows fewer of them alive.
+// rejoin contacts up to maxJoin nodes serf does not know alive if it
+// knows fewer alive than there are node records: a partition healed, a
+// node came back.
 func (s *Store) rejoin(ctx context.Context, g *Gossip, cfg MembershipConfig, log *logrus.Entry) {
-	c, cancel := context.WithTimeout(ctx, nodesTimeout)
-	nodes, err := s.Nodes(c)
-	cancel()
-	if err != nil || g.Alive() >= len(nodes) {
+	var nodes []Node
+	if cfg.Nodes != nil {
+		nodes = cfg.Nodes()
+	} else {
+		c, cancel := context.WithTimeout(ctx, nodesTimeout)
+		var err error
+		nodes, err = s.Nodes(c)
+		cancel()
+		if err != nil {
+			return
+		}
+	}
+	if g.Alive() >= len(nodes) {
 		return
 	}
+	alive := g.aliveNames()
 	var addrs []string
-	for _, n := range nodes {
-		if n.Name != cfg.Node.Name && n.ControlAddr.IsValid() {
-			addrs = append(addrs, net.JoinHostPort(n.ControlAddr.String(), strconv.Itoa(cfg.SerfPort)))
+	for _, i := range rand.Perm(len(nodes)) {
+		n := nodes[i]
+		if n.Name == cfg.Node.Name || alive[n.Name] || !n.ControlAddr.IsValid() {
+			continue
+		}
+		addrs = append(addrs, net.JoinHostPort(n.ControlAddr.String(), strconv.Itoa(cfg.SerfPort)))
+		if len(addrs) == maxJoin {
+			break
 		}
 	}
 	if len(addrs) > 0 {

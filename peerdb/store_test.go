@@ -187,7 +187,7 @@ func TestUnreachableEtcdFailsWithinDeadline(t *testing.T) {
 	}
 }
 
-func TestWatchEndpoints(t *testing.T) {
+func TestWatchNetwork(t *testing.T) {
 	e := etcdtest.Start(t)
 	s := open(t, e.Endpoint, "/vxnet")
 	e1 := Endpoint{NID: "n", EID: "e1", IP: netip.MustParseAddr("198.18.0.2"), MAC: "02:56:c6:12:00:02", VTEP: netip.MustParseAddr("192.0.2.11"), Node: "h1"}
@@ -197,7 +197,13 @@ func TestWatchEndpoints(t *testing.T) {
 	updates := make(chan Update)
 	wctx, stop := context.WithCancel(ctx(t))
 	defer stop()
-	go s.WatchEndpoints(wctx, updates)
+	go s.WatchNetwork(wctx, "n", updates)
+	// Another network's records never reach this watch.
+	o := e1
+	o.NID, o.EID = "n2", "o1"
+	if err := s.PutEndpoint(ctx(t), o); err != nil {
+		t.Fatal(err)
+	}
 
 	next := func() Update {
 		select {
@@ -209,7 +215,7 @@ func TestWatchEndpoints(t *testing.T) {
 		}
 	}
 	u := next()
-	if !u.Reset || len(u.Puts) != 1 || u.Puts[0].Key() != e1.Key() || u.Puts[0].VTEP != e1.VTEP {
+	if !u.Reset || u.NID != "n" || len(u.Puts) != 1 || u.Puts[0].Key() != e1.Key() || u.Puts[0].VTEP != e1.VTEP {
 		t.Fatalf("first update = %+v; want a reset holding e1", u)
 	}
 	e2 := e1

@@ -117,6 +117,8 @@ type Table struct {
 	tombs map[Key]tomb
 	heard map[Key]heard
 	byNet map[string]map[Key]struct{} // every key held, by cluster ID
+	// watched are the networks (cluster IDs) this node holds records of.
+	watched map[string]bool
 
 	nets    map[string]*netView
 	pending map[Key]Op
@@ -132,7 +134,7 @@ func NewTable(self string, log *logrus.Entry) *Table {
 		self: self, log: log, now: time.Now,
 		nodes: map[string]Node{}, addrOwner: map[netip.Addr]string{},
 		etcd: map[Key]Endpoint{}, tombs: map[Key]tomb{}, heard: map[Key]heard{},
-		byNet: map[string]map[Key]struct{}{}, nets: map[string]*netView{},
+		byNet: map[string]map[Key]struct{}{}, nets: map[string]*netView{}, watched: map[string]bool{},
 		pending: map[Key]Op{}, refused: map[string]uint64{}, refusals: map[Key]string{},
 	}
 }
@@ -213,6 +215,9 @@ func (t *Table) nodesChanged() Changes {
 	return ch
 }
 
+// Nodes lists the node records held.
+func (t *Table) Nodes() []Node { return slices.Collect(maps.Values(t.nodes)) }
+
 // Node returns the record of node name.
 func (t *Table) Node(name string) (Node, bool) {
 	n, ok := t.nodes[name]
@@ -221,31 +226,59 @@ func (t *Table) Node(name string) (Node, bool) {
 
 // --- etcd ---
 
-// ResetEtcd replaces what etcd holds with puts (the whole table). It
-// returns nothing: after a reset the owner reconciles each attached
-// network's kernel against Desired.
-func (t *Table) ResetEtcd(puts []Endpoint) {
-	old := t.etcd
-	t.etcd = make(map[Key]Endpoint, len(puts))
-	for _, e := range puts {
-		if t.takeEtcd(e) {
-			t.etcd[e.Key()] = e
+// Watch makes network cid one this node holds records of: what etcd and
+// gossip say of it is taken from now on. Records of other networks are
+// ignored (interest follows attachment).
+func (t *Table) Watch(cid string) { t.watched[cid] = true }
+
+// Watched reports whether the table takes records of network cid.
+func (t *Table) Watched(cid string) bool { return t.watched[cid] }
+
+// Forget drops network cid and everything held of it (etcd's records,
+// gossip's, deletions remembered, its view), when this node stops using
+// it. Own changes queued for etcd stay.
+func (t *Table) Forget(cid string) {
+	delete(t.watched, cid)
+	delete(t.nets, cid)
+	for k := range t.byNet[cid] {
+		delete(t.etcd, k)
+		delete(t.heard, k)
+		delete(t.refusals, k)
+	}
+	delete(t.byNet, cid)
+	for k := range t.tombs {
+		if k.NID == cid {
+			delete(t.tombs, k)
 		}
 	}
-	for k := range old {
-		if _, ok := t.etcd[k]; !ok {
+}
+
+// ResetNetwork replaces what etcd holds of network cid with puts (all its
+// records). It returns nothing: after a reset the owner reconciles the
+// network's kernel against Desired. A network not watched is ignored.
+func (t *Table) ResetNetwork(cid string, puts []Endpoint) {
+	if !t.watched[cid] {
+		return
+	}
+	fresh := make(map[Key]Endpoint, len(puts))
+	for _, e := range puts {
+		if e.NID == cid && t.takeEtcd(e) {
+			fresh[e.Key()] = e
+		}
+	}
+	for k := range t.byNet[cid] {
+		if _, ok := fresh[k]; !ok {
+			delete(t.etcd, k)
 			t.dropIfUnheld(k)
 		}
 	}
-	for k, e := range t.etcd {
+	for k, e := range fresh {
+		t.etcd[k] = e
 		t.index(k)
 		t.confirm(k, e)
 	}
 	t.markEtcdUp()
-	ch := Changes{}
-	for cid := range t.nets {
-		t.refreshNet(ch, cid)
-	}
+	t.refreshNet(Changes{}, cid)
 }
 
 // takeEtcd checks a record from etcd before it is held; a record it
@@ -261,6 +294,9 @@ func (t *Table) takeEtcd(e Endpoint) bool {
 // PutEtcd takes one record etcd wrote.
 func (t *Table) PutEtcd(e Endpoint) Changes {
 	k := e.Key()
+	if !t.watched[k.NID] {
+		return nil
+	}
 	if !t.takeEtcd(e) {
 		return t.DeleteEtcd(k)
 	}
@@ -283,6 +319,9 @@ func (t *Table) confirm(k Key, e Endpoint) {
 
 // DeleteEtcd takes etcd's deletion of a record.
 func (t *Table) DeleteEtcd(k Key) Changes {
+	if !t.watched[k.NID] {
+		return nil
+	}
 	if e, ok := t.etcd[k]; ok {
 		t.tombs[k] = tomb{version: e.Version, at: t.now()}
 		delete(t.etcd, k)
@@ -300,15 +339,28 @@ func (t *Table) markEtcdUp() {
 	}
 }
 
-// StoredBy lists the records etcd holds that name node as their owner.
-func (t *Table) StoredBy(node string) []Endpoint {
+// StoredBy lists the records of network cid etcd holds that name node as
+// their owner.
+func (t *Table) StoredBy(cid, node string) []Endpoint {
 	var out []Endpoint
-	for _, e := range t.etcd {
-		if e.Node == node {
+	for k := range t.byNet[cid] {
+		if e, ok := t.etcd[k]; ok && e.Node == node {
 			out = append(out, e)
 		}
 	}
 	return out
+}
+
+// Members lists the nodes other than this one that have a record in force
+// in network cid: the hosts using it, to which its changes are gossiped.
+func (t *Table) Members(cid string) []string {
+	seen := map[string]bool{}
+	for k := range t.byNet[cid] {
+		if e, ok := t.effective(k); ok && e.Node != t.self {
+			seen[e.Node] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // Stored returns the record of k as etcd holds it.
@@ -325,6 +377,9 @@ type SignedUpdate struct {
 	Node    string `json:"n"`
 	Payload []byte `json:"p"`
 	Sig     []byte `json:"s"`
+	// Broadcast says it came to every member (serf), not to this node
+	// alone: its sender did not know its network's users.
+	Broadcast bool `json:"-"`
 }
 
 // gossipContext binds signatures to vxnet's endpoint gossip.
@@ -339,27 +394,38 @@ func Sign(node string, key ed25519.PrivateKey, u GossipUpdate) (SignedUpdate, er
 	return SignedUpdate{Node: node, Payload: b, Sig: ed25519.Sign(key, append([]byte(gossipContext), b...))}, nil
 }
 
+// Heard describes a gossip message the table took.
+type Heard struct {
+	Key  Key
+	Node string
+	// NewMember says the message came to every member (Broadcast) from a
+	// node that had no record in force in the network before: a node
+	// that does not know the network's users yet.
+	NewMember bool
+}
+
 // Gossip takes a signed gossip message. It is taken only if its node's
-// record holds the key that signed it, and only for that node's own
-// endpoints: a put must name the node as owner and not take over another
-// node's record; a delete applies only to the node's own record.
-func (t *Table) Gossip(m SignedUpdate) Changes {
+// record holds the key that signed it, only for that node's own endpoints
+// (a put must name the node as owner and not take over another node's
+// record; a delete applies only to the node's own record), and only for a
+// network this node watches.
+func (t *Table) Gossip(m SignedUpdate) (Changes, Heard) {
 	n, ok := t.nodes[m.Node]
 	switch {
 	case !ok || n.GossipKey == nil:
 		t.refuse("gossip-unknown-node", Key{}, fmt.Errorf("from %.64q: no node record with a gossip key", m.Node))
-		return nil
+		return nil, Heard{}
 	case !ed25519.Verify(n.GossipKey, append([]byte(gossipContext), m.Payload...), m.Sig):
 		t.refuse("gossip-signature", Key{}, fmt.Errorf("from %s: bad signature", m.Node))
-		return nil
+		return nil, Heard{}
 	}
 	var u GossipUpdate
 	if err := json.Unmarshal(m.Payload, &u); err != nil {
 		t.refuse("gossip-undecodable", Key{}, fmt.Errorf("from %s: %w", m.Node, err))
-		return nil
+		return nil, Heard{}
 	}
 	if m.Node == t.self {
-		return nil // our own, echoed
+		return nil, Heard{} // our own, echoed
 	}
 	var k Key
 	switch {
@@ -368,35 +434,39 @@ func (t *Table) Gossip(m SignedUpdate) Changes {
 		u.Version = u.Put.Version
 		if u.Put.Node != m.Node {
 			t.refuse("gossip-owner", k, fmt.Errorf("node %s announced a record of node %.64q", m.Node, u.Put.Node))
-			return nil
+			return nil, Heard{}
 		}
 	case u.Del != nil && u.Put == nil:
 		k = *u.Del
 	default:
 		t.refuse("gossip-undecodable", Key{}, fmt.Errorf("from %s: neither one put nor one delete", m.Node))
-		return nil
+		return nil, Heard{}
 	}
 	if k.NID == "" || k.EID == "" {
 		t.refuse("gossip-undecodable", k, fmt.Errorf("from %s: no network or endpoint ID", m.Node))
-		return nil
+		return nil, Heard{}
+	}
+	if !t.watched[k.NID] {
+		return nil, Heard{} // a network this node does not use
 	}
 	if u.Version > t.maxVersion() {
 		t.refuse("version", k, fmt.Errorf("from %s: version %d is more than %s ahead of this node's clock", m.Node, u.Version, MaxVersionAhead))
-		return nil
+		return nil, Heard{}
 	}
 	if cur, ok := t.effective(k); ok && cur.Node != m.Node {
 		t.refuse("gossip-owner", k, fmt.Errorf("node %s announced a change to a record of node %s", m.Node, cur.Node))
-		return nil
+		return nil, Heard{}
 	}
 	if h, ok := t.heard[k]; ok && h.version >= u.Version {
-		return nil // as new or newer heard already
+		return nil, Heard{} // as new or newer heard already
 	}
 	if e, ok := t.etcd[k]; ok && e.Version >= u.Version {
-		return nil // etcd has it, or newer
+		return nil, Heard{} // etcd has it, or newer
 	}
 	if tb, ok := t.tombs[k]; ok && tb.version >= u.Version {
-		return nil // a late put of a deleted record
+		return nil, Heard{} // a late put of a deleted record
 	}
+	newMember := m.Broadcast && !slices.Contains(t.Members(k.NID), m.Node)
 	h := heard{node: m.Node, version: u.Version, at: t.now()}
 	if u.Put != nil {
 		h.rec = *u.Put
@@ -409,7 +479,7 @@ func (t *Table) Gossip(m SignedUpdate) Changes {
 	ch := Changes{}
 	t.refresh(ch, k)
 	t.dropIfUnheld(k)
-	return ch
+	return ch, Heard{Key: k, Node: m.Node, NewMember: newMember}
 }
 
 // Expire drops what gossip said that etcd did not confirm within

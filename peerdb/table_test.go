@@ -79,12 +79,13 @@ func newTestTable(t *testing.T) *testTable {
 	tt := &testTable{Table: NewTable("h0", logrus.NewEntry(log)), clock: start}
 	tt.now = func() time.Time { return tt.clock }
 	tt.ResetNodes([]Node{self.Node, h1.Node, h2.Node, h3.Node})
+	tt.Watch("net")
 	tt.Attach("net", NetworkSpec{
 		Subnets:      []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")},
 		Reserved:     []netip.Addr{netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr(ownIP)},
 		ReservedMACs: []string{ownMAC},
 	})
-	tt.ResetEtcd(nil)
+	tt.ResetNetwork("net", nil)
 	return tt
 }
 
@@ -216,7 +217,7 @@ func TestTableGossipSpeaksOnlyForItsSender(t *testing.T) {
 		"no endpoint ID":                     h1.put(t, h1.rec("", "198.18.0.9", v(9), 0)),
 		"this host's container IP by gossip": h2.put(t, h2.rec("e2", ownIP, v(9), 0)),
 	} {
-		ch := tt.Gossip(m)
+		ch, _ := tt.Gossip(m)
 		if got := tt.desired(); got != want || len(ch) != 0 {
 			t.Errorf("%s: kernel = %q, changes %v; want %q unchanged", name, got, ch, want)
 		}
@@ -369,7 +370,7 @@ func convergeOnce(t *testing.T, seed uint64) {
 			}
 			events = events[m:]
 		case 9: // the watch broke: a full table
-			tt.ResetEtcd(slices.Collect(mapsValues(etcd)))
+			tt.ResetNetwork("net", slices.Collect(mapsValues(etcd)))
 			events = nil
 		}
 		// Deliver some gossip in random order, some twice, some never.
@@ -395,7 +396,7 @@ func convergeOnce(t *testing.T, seed uint64) {
 			}
 		}
 	} else {
-		tt.ResetEtcd(slices.Collect(mapsValues(etcd)))
+		tt.ResetNetwork("net", slices.Collect(mapsValues(etcd)))
 	}
 	for _, m := range gossip {
 		tt.Gossip(m)
@@ -445,4 +446,57 @@ func expected(etcd map[Key]Endpoint) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, ",")
+}
+
+// A node holds only the networks it watches: records of any other network,
+// from etcd or gossip, are not kept; Forget drops all of a network.
+func TestTableHoldsOnlyWatchedNetworks(t *testing.T) {
+	tt := newTestTable(t)
+	other := func(e Endpoint) Endpoint { e.NID = "other"; return e }
+	e1 := h1.rec("e1", "198.18.0.5", v(1), 10)
+	tt.PutEtcd(e1)
+	tt.PutEtcd(other(h1.rec("o1", "198.18.0.6", v(1), 11)))
+	tt.ResetNetwork("other", []Endpoint{other(h2.rec("o2", "198.18.0.7", v(1), 12))})
+	tt.Gossip(h3.put(t, other(h3.rec("o3", "198.18.0.8", v(2), 0))))
+	tt.Gossip(h2.put(t, h2.rec("e2", "198.18.0.9", v(2), 0)))
+	if got := tt.Len(); got != 2 {
+		t.Fatalf("table holds %d records; want 2 (net's e1 and e2, nothing of other)", got)
+	}
+	if got := tt.Members("net"); !slices.Equal(got, []string{"h1", "h2"}) {
+		t.Fatalf("members of net = %v; want [h1 h2]", got)
+	}
+	if got := tt.Members("other"); len(got) != 0 {
+		t.Fatalf("members of other = %v; want none", got)
+	}
+	tt.Forget("net")
+	if tt.Len() != 0 || tt.Watched("net") || len(tt.Desired("net")) != 0 {
+		t.Fatalf("after Forget: %d records, watched %v, %d desired; want nothing", tt.Len(), tt.Watched("net"), len(tt.Desired("net")))
+	}
+	tt.PutEtcd(e1)
+	if tt.Len() != 0 {
+		t.Fatal("a forgotten network's record taken")
+	}
+	// Watched again: a reset brings it back.
+	tt.Watch("net")
+	tt.Attach("net", NetworkSpec{Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}})
+	tt.ResetNetwork("net", []Endpoint{e1})
+	if got := tt.desired(); got != "198.18.0.5 02:56:c6:12:00:05>192.0.2.11" {
+		t.Fatalf("kernel = %q; want e1", got)
+	}
+}
+
+// A node announcing itself to everyone is new on a network until it has a
+// record in force there; a direct message never counts as that.
+func TestGossipTellsANewMember(t *testing.T) {
+	tt := newTestTable(t)
+	bcast := func(m SignedUpdate) SignedUpdate { m.Broadcast = true; return m }
+	if _, h := tt.Gossip(bcast(h1.put(t, h1.rec("e1", "198.18.0.5", v(1), 0)))); !h.NewMember || h.Node != "h1" || h.Key.NID != "net" {
+		t.Fatalf("first broadcast from h1: %+v; want a new member", h)
+	}
+	if _, h := tt.Gossip(bcast(h1.put(t, h1.rec("e2", "198.18.0.6", v(2), 0)))); h.NewMember {
+		t.Fatal("h1 counted new again")
+	}
+	if _, h := tt.Gossip(h2.put(t, h2.rec("e3", "198.18.0.7", v(3), 0))); h.NewMember || h.Node != "h2" {
+		t.Fatalf("direct message from h2: %+v; want taken, not new", h)
+	}
 }

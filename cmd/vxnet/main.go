@@ -3,7 +3,7 @@
 //
 //	vxnet plugin [flags]   serve Docker's network-driver protocol
 //	vxnet status           this node, etcd's health, the nodes alive
-//	vxnet peers [NETWORK]  the cluster's endpoints and whether they are programmed here
+//	vxnet peers [NETWORK]  the endpoints of the networks used here and whether they are programmed
 //	vxnet check            kernel vs the peer table on this host; exit 1 on any difference or conflict
 //	vxnet rotate           start a new key epoch for encrypted networks now
 //	vxnet rotate-gossip-key  replace the cluster's serf key kept in etcd
@@ -48,7 +48,7 @@ const usage = `usage: vxnet COMMAND
 
   plugin     serve Docker's network-driver protocol on VXNET_SOCKET
   status     this node, etcd's health and the nodes alive
-  peers      the cluster's endpoints [of one network] and whether this host programmed them
+  peers      the endpoints of the networks used on this host [or of one] and whether it programmed them
   check      compare this host's kernel with the peer table; exit 1 listing every missing or stale entry and conflict
   rotate     start a new IPsec key epoch now (every node follows, no packet lost)
   rotate-gossip-key
@@ -225,7 +225,7 @@ func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *log
 	member := store.Membership(peerdb.MembershipConfig{
 		Node:     peerdb.Node{Name: s.NodeName, DataAddr: underlay.Addr, ControlAddr: control, Started: time.Now().UTC(), GossipKey: gossipPub},
 		SerfPort: s.SerfPort, GossipKey: s.GossipKey, Sign: gossipSign,
-		Updates: d.Inbox(), OnGossip: func(g *peerdb.Gossip) { d.SetGossip(g) },
+		Updates: d.Inbox(), OnGossip: func(g *peerdb.Gossip) { d.SetGossip(g) }, Nodes: d.Nodes,
 	}, log.WithField("part", "serf"))
 	// Whatever lived under a lapsed lease is written again under the new
 	// one (the node record first: Membership registered it).

@@ -1,0 +1,200 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"sync"
+
+	"github.com/vxnet/vxnet/peerdb"
+)
+
+// Interest follows attachment: this node lists, watches, holds and gossips
+// the records of a cluster network only while one of its networks of that
+// cluster ID is attached here (has an endpoint with an interface). The
+// first attach starts the network's etcd watch and, before Join returns,
+// waits for its records, so the first packet finds its peers; the last
+// detach ends the watch and forgets the records. A host on one small
+// network pays for that network's churn, not for the cluster's.
+
+// netWatch is this node's interest in one cluster network.
+type netWatch struct {
+	cid    string
+	cancel context.CancelFunc // ends the watch; nil until it runs
+	loaded chan struct{}      // closed once the table holds the network's records from etcd
+	once   sync.Once
+}
+
+func (w *netWatch) markLoaded() { w.once.Do(func() { close(w.loaded) }) }
+
+func (w *netWatch) isLoaded() bool {
+	select {
+	case <-w.loaded:
+		return true
+	default:
+		return false
+	}
+}
+
+func (d *Driver) nodesAreLoaded() bool {
+	select {
+	case <-d.nodesLoaded:
+		return true
+	default:
+		return false
+	}
+}
+
+// bigReset is the size of a network's record list from which the memory
+// that decoding it took is handed back to the system at once.
+const bigReset = 10000
+
+// want starts this node's interest in network cid, if it has none: the
+// table takes its records from now on, and its watch runs while Run
+// does. d.mu must be held.
+func (d *Driver) want(cid string) *netWatch {
+	if w := d.watches[cid]; w != nil {
+		return w
+	}
+	w := &netWatch{cid: cid, loaded: make(chan struct{})}
+	d.watches[cid] = w
+	d.table.Watch(cid)
+	if d.runCtx != nil {
+		d.follow(w)
+	}
+	return w
+}
+
+// follow runs w's watch until Run ends or the interest does. d.mu must be
+// held.
+func (d *Driver) follow(w *netWatch) {
+	ctx, cancel := context.WithCancel(d.runCtx)
+	w.cancel = cancel
+	d.runWatches.Go(func() {
+		// Records are checked against their nodes: none is taken before
+		// the node table is, or a restart would drop every peer until
+		// the node records arrived.
+		select {
+		case <-d.nodesLoaded:
+		case <-ctx.Done():
+			return
+		}
+		updates := make(chan peerdb.Update)
+		var watch sync.WaitGroup
+		defer watch.Wait()
+		watch.Go(func() { d.store.WatchNetwork(ctx, w.cid, updates) })
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case u := <-updates:
+				if u.Reset {
+					d.metrics.peerEvents.WithLabelValues("etcd-list").Add(float64(len(u.Puts)))
+				} else {
+					d.metrics.peerEvents.WithLabelValues("etcd").Add(float64(len(u.Puts) + len(u.Deletes)))
+				}
+				drainAll(d.apply(w, u))
+				if !u.Reset {
+					continue
+				}
+				w.markLoaded()
+				d.republish(ctx, w.cid)
+				if len(u.Puts) >= bigReset {
+					debug.FreeOSMemory()
+				}
+			}
+		}
+	})
+}
+
+// dropInterest ends this node's interest in network cid unless a network
+// of that cluster ID is still attached: its watch stops and the table
+// forgets its records. d.mu must be held.
+func (d *Driver) dropInterest(cid string) {
+	for _, n := range d.networks {
+		if n.cid == cid && n.active {
+			return
+		}
+	}
+	if w := d.watches[cid]; w != nil {
+		if w.cancel != nil {
+			w.cancel()
+		}
+		delete(d.watches, cid)
+	}
+	d.table.Forget(cid)
+}
+
+// awaitRecords waits until the table holds network cid's records from
+// etcd. With gossip on, it waits at most etcdWait: a node that cannot
+// list them (etcd away) still attaches, and learns its peers as they
+// announce (welcome). Without a running watch there is nothing to wait
+// for.
+func (d *Driver) awaitRecords(ctx context.Context, w *netWatch, gossiping bool) error {
+	d.mu.Lock()
+	running := d.runCtx != nil
+	d.mu.Unlock()
+	if !running {
+		return nil
+	}
+	wait := ctx
+	if gossiping {
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(ctx, etcdWait)
+		defer cancel()
+	}
+	select {
+	case <-w.loaded:
+		return nil
+	case <-wait.Done():
+		if gossiping && ctx.Err() == nil {
+			d.log.WithField("nid", w.cid).Warn("network's records not loaded from etcd yet: attaching, and learning peers by gossip meanwhile")
+			return nil
+		}
+		return fmt.Errorf("records of network %s not loaded from etcd yet (is etcd reachable? see vxnet status): %w", w.cid, ctx.Err())
+	}
+}
+
+// audience says who hears a change of an own endpoint in network cid:
+// the other nodes that use it, directly; or, while this node does not
+// know them (its records not loaded), every member. d.mu must be held.
+func (d *Driver) audience(cid string) (nodes []string, everyone bool) {
+	if w := d.watches[cid]; w == nil || !w.isLoaded() {
+		return nil, true
+	}
+	return d.table.Members(cid), false
+}
+
+// welcome answers a node that announced itself to every member in a
+// network this node uses: it did not know the network's users (it could
+// not list them), so it is sent this node's own records of the network
+// directly. d.mu must not be held.
+func (d *Driver) welcome(g Gossiper, cid, node string) {
+	d.mu.Lock()
+	var recs []peerdb.Endpoint
+	for _, n := range d.networks {
+		if n.cid != cid || !n.active {
+			continue
+		}
+		for _, ep := range n.endpoints {
+			if ep.attached {
+				r := d.record(n, ep)
+				r.Version = d.nextVersion()
+				recs = append(recs, r)
+			}
+		}
+	}
+	d.mu.Unlock()
+	for _, r := range recs {
+		if err := g.Send(peerdb.GossipUpdate{Put: &r, Version: r.Version}, []string{node}); err != nil {
+			d.log.WithError(err).WithField("node", node).Warn("sending own records to a node new on a network")
+		}
+	}
+}
+
+// Nodes lists the node records this node holds (from its node watch).
+func (d *Driver) Nodes() []peerdb.Node {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.table.Nodes()
+}
