@@ -170,22 +170,7 @@ func (d *Driver) audience(cid string) (nodes []string, everyone bool) {
 // not list them), so it is sent this node's own records of the network
 // directly. d.mu must not be held.
 func (d *Driver) welcome(g Gossiper, cid, node string) {
-	d.mu.Lock()
-	var recs []peerdb.Endpoint
-	for _, n := range d.networks {
-		if n.cid != cid || !n.active {
-			continue
-		}
-		for _, ep := range n.endpoints {
-			if ep.attached {
-				r := d.record(n, ep)
-				r.Version = d.nextVersion()
-				recs = append(recs, r)
-			}
-		}
-	}
-	d.mu.Unlock()
-	for _, r := range recs {
+	for _, r := range d.ownRecords(func(n *network) bool { return n.cid == cid && n.active }) {
 		if err := g.Send(peerdb.GossipUpdate{Put: &r, Version: r.Version}, []string{node}); err != nil {
 			d.log.WithError(err).WithField("node", node).Warn("sending own records to a node new on a network")
 		}

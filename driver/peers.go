@@ -94,9 +94,19 @@ func (d *Driver) Run(ctx context.Context) {
 // Republish writes the records of all this node's attached endpoints again:
 // for when the node's lease was renewed and its records had lapsed.
 func (d *Driver) Republish(ctx context.Context) {
+	d.rewrite(ctx, d.ownRecords(func(*network) bool { return true }), nil)
+}
+
+// ownRecords makes the records of this node's attached endpoints in the
+// networks of, each with a new version.
+func (d *Driver) ownRecords(of func(*network) bool) []peerdb.Endpoint {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	var recs []peerdb.Endpoint
 	for _, n := range d.networks {
+		if !of(n) {
+			continue
+		}
 		for _, ep := range n.endpoints {
 			if ep.attached {
 				r := d.record(n, ep)
@@ -105,8 +115,7 @@ func (d *Driver) Republish(ctx context.Context) {
 			}
 		}
 	}
-	d.mu.Unlock()
-	d.rewrite(ctx, recs, nil)
+	return recs
 }
 
 // republish makes etcd hold exactly this node's attached endpoints of
