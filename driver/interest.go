@@ -126,10 +126,10 @@ func (d *Driver) dropInterest(cid string) {
 }
 
 // awaitRecords waits until the table holds network cid's records from
-// etcd. With gossip on, it waits at most etcdWait: a node that cannot
-// list them (etcd away) still attaches, and learns its peers as they
-// announce (welcome). Without a running watch there is nothing to wait
-// for.
+// etcd. With gossip on, it waits at most etcdWait, and not at all while
+// etcd is known not to answer: a node that cannot list them still
+// attaches, and learns its peers as they announce (welcome). Without a
+// running watch there is nothing to wait for.
 func (d *Driver) awaitRecords(ctx context.Context, w *netWatch, gossiping bool) error {
 	d.mu.Lock()
 	running := d.runCtx != nil
@@ -139,8 +139,12 @@ func (d *Driver) awaitRecords(ctx context.Context, w *netWatch, gossiping bool) 
 	}
 	wait := ctx
 	if gossiping {
+		limit := etcdWait
+		if !d.store.Healthy() {
+			limit = 0
+		}
 		var cancel context.CancelFunc
-		wait, cancel = context.WithTimeout(ctx, etcdWait)
+		wait, cancel = context.WithTimeout(ctx, limit)
 		defer cancel()
 	}
 	select {
