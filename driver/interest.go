@@ -134,7 +134,7 @@ func (d *Driver) awaitRecords(ctx context.Context, w *netWatch, gossiping bool) 
 	d.mu.Lock()
 	running := d.runCtx != nil
 	d.mu.Unlock()
-	if !running {
+	if !running || w.isLoaded() {
 		return nil
 	}
 	wait := ctx
