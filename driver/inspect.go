@@ -16,9 +16,11 @@ import (
 
 // Status is what `vxnet status` shows of this node.
 type Status struct {
-	Node  string `json:"node"`
-	VTEP  string `json:"vtep"`
-	Scope string `json:"scope"`
+	Node string `json:"node"`
+	// Schema is the version of what this node writes and reads (peerdb).
+	Schema string `json:"schema"`
+	VTEP   string `json:"vtep"`
+	Scope  string `json:"scope"`
 	// Synced says the node holds the node table and the records of every
 	// network it uses, from etcd.
 	Synced    bool `json:"synced"`

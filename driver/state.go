@@ -44,6 +44,9 @@ import (
 //     and are saved as such, so the doubt outlives the next restart too.
 
 type savedState struct {
+	// Schema is the version of the file's format (peerdb.Schema): a
+	// newer major is refused, not misread.
+	Schema   string         `json:"schema"`
 	Networks []savedNetwork `json:"networks"`
 }
 
@@ -89,7 +92,7 @@ func (d *Driver) persist() {
 // snapshot is the node's state as the state file keeps it. d.mu must be
 // held.
 func (d *Driver) snapshot() savedState {
-	var st savedState
+	st := savedState{Schema: peerdb.Schema.String()}
 	for _, n := range d.networks {
 		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Encrypted: n.encrypted, Subnets: n.subnets, Unnamed: n.attached}
 		for _, ep := range n.endpoints {
@@ -158,6 +161,20 @@ func decodeNetworks(b []byte) ([]json.RawMessage, error) {
 		if err != nil {
 			return out, err
 		}
+		if tok == "schema" {
+			var s string
+			if err := dec.Decode(&s); err != nil {
+				return out, fmt.Errorf("schema: %w", err)
+			}
+			v, err := peerdb.ParseVersion(s)
+			if err == nil {
+				err = peerdb.CheckSchema(v)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%w: %w", errStateSchema, err)
+			}
+			continue
+		}
 		if tok != "networks" {
 			var skip json.RawMessage
 			if err := dec.Decode(&skip); err != nil {
@@ -186,6 +203,9 @@ func decodeNetworks(b []byte) ([]json.RawMessage, error) {
 	}
 	return out, nil
 }
+
+// errStateSchema marks a state file this build must not read.
+var errStateSchema = errors.New("state file of a newer schema")
 
 // restoring is what Restore learns while it reads the state, the kernel
 // and etcd.
@@ -216,6 +236,16 @@ func (d *Driver) loadState(r *restoring) {
 		return
 	}
 	raws, err := decodeNetworks(b)
+	if errors.Is(err, errStateSchema) {
+		r.whole = false
+		aside := path + ".newer"
+		if werr := statefile.WriteBytes(aside, b); werr != nil {
+			aside = "(not kept: " + werr.Error() + ")"
+		}
+		d.log.WithError(err).WithField("copy", aside).
+			Error("node state written by a newer vxnet: not reading it; keeping every pinned namespace, recovering from them and etcd (to go back to that version, put the copy back as state.json)")
+		return
+	}
 	if err != nil {
 		r.whole = false
 		aside := path + ".corrupt"

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
@@ -332,5 +333,40 @@ func TestRestoreUnknownNamespace(t *testing.T) {
 	_, log = r.restart(t)
 	if !r.plane.nets[gone] {
 		t.Errorf("etcd away: an unknown namespace was removed\nlog:\n%s", log)
+	}
+}
+
+// A state file of a newer major schema (a downgrade) is not misread: it
+// is set aside whole, every pinned namespace stays, and the node's
+// endpoints come back from etcd; one of a newer minor is read as usual.
+func TestRestoreRefusesANewerSchema(t *testing.T) {
+	r := newRestartable(t)
+	if !bytes.Contains(r.file, []byte(`"schema": "`+peerdb.Schema.String()+`"`)) {
+		t.Fatalf("the state file does not carry its schema:\n%s", r.file)
+	}
+	r.store.table = []peerdb.Endpoint{{NID: nidLive, EID: eidUp, IP: netip.MustParseAddr("198.18.0.2"), MAC: "02:56:c6:12:00:02", VTEP: self, Node: "h1"}}
+	newer := fmt.Sprintf(`"schema": "%d.0"`, peerdb.Schema.Major+1)
+	b := bytes.Replace(r.file, []byte(`"schema": "`+peerdb.Schema.String()+`"`), []byte(newer), 1)
+	if err := os.WriteFile(r.cfg.StateFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, log := r.restart(t)
+	if !strings.Contains(log, "written by a newer vxnet") || !strings.Contains(log, "upgrade vxnet on this host") {
+		t.Errorf("log does not say why the state was not read:\n%s", log)
+	}
+	if kept, _ := os.ReadFile(r.cfg.StateFile + ".newer"); !bytes.Equal(kept, b) {
+		t.Errorf("the newer state file was not kept aside whole")
+	}
+	checkLive(t, d, r, log)
+
+	minor := fmt.Sprintf(`"schema": "%d.%d"`, peerdb.Schema.Major, peerdb.Schema.Minor+1)
+	b = bytes.Replace(r.file, []byte(`"schema": "`+peerdb.Schema.String()+`"`), []byte(minor), 1)
+	if err := os.WriteFile(r.cfg.StateFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, log = r.restart(t)
+	checkLive(t, d, r, log)
+	if strings.Contains(log, "level=error") {
+		t.Errorf("a newer minor schema was refused:\n%s", log)
 	}
 }

@@ -2,7 +2,6 @@ package peerdb
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -25,7 +24,7 @@ func (s *Store) putLeased(ctx context.Context, key string, v any, what string) e
 	if err != nil {
 		return err
 	}
-	val, err := json.Marshal(v)
+	val, err := MarshalVersioned(v)
 	if err != nil {
 		return err
 	}
@@ -257,7 +256,7 @@ func (s *Store) decodeEndpoint(kv *mvccpb.KeyValue) (Endpoint, bool) {
 		log.Warnf("ignoring an endpoint record of %d bytes (at most %d)", len(kv.Value), maxRecordSize)
 		return Endpoint{}, false
 	}
-	if err := json.Unmarshal(kv.Value, &e); err != nil {
+	if err := UnmarshalVersioned(kv.Value, &e); err != nil {
 		log.WithError(err).Warn("ignoring an undecodable endpoint record")
 		return Endpoint{}, false
 	}
@@ -353,7 +352,7 @@ func (s *Store) decodeNode(kv *mvccpb.KeyValue) (Node, bool) {
 		s.log.WithField("key", quoteKey(kv.Key)).Warnf("ignoring a node record of %d bytes", len(kv.Value))
 		return Node{}, false
 	}
-	if err := json.Unmarshal(kv.Value, &n); err != nil || n.Name != name {
+	if err := UnmarshalVersioned(kv.Value, &n); err != nil || n.Name != name {
 		s.log.WithField("key", quoteKey(kv.Key)).WithError(err).Warn("ignoring a node record that is undecodable or names another node than its key")
 		return Node{}, false
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -58,7 +57,7 @@ func newGossipKey() ([]byte, string, error) {
 // decodeKeyring decodes the keyring record; every key must be valid.
 func decodeKeyring(b []byte) ([][]byte, []string, error) {
 	var r keyring
-	if err := json.Unmarshal(b, &r); err != nil {
+	if err := UnmarshalVersioned(b, &r); err != nil {
 		return nil, nil, err
 	}
 	if len(r.Keys) == 0 {
@@ -86,7 +85,7 @@ func (s *Store) GossipKeys(ctx context.Context) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	val, _ := json.Marshal(keyring{Keys: []string{enc}})
+	val, _ := MarshalVersioned(keyring{Keys: []string{enc}})
 	key := s.keyringKey()
 	resp, err := cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
@@ -185,7 +184,7 @@ func (s *Store) RotateGossipKey(ctx context.Context) error {
 			case <-time.After(keyStep):
 			}
 		}
-		val, _ := json.Marshal(keyring{Keys: keys})
+		val, _ := MarshalVersioned(keyring{Keys: keys})
 		tx, err := cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 			Then(clientv3.OpPut(key, string(val))).

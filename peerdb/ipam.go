@@ -2,7 +2,6 @@ package peerdb
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -114,7 +113,7 @@ func (s *Store) AcquirePool(ctx context.Context, pool, rng netip.Prefix, node st
 	err := s.casLoop(ctx, s.poolKey(pool), "acquire pool "+pool.String(), func(cur []byte) ([]clientv3.Op, bool, error) {
 		p := Pool{Pool: pool, Range: rng}
 		if cur != nil {
-			if err := json.Unmarshal(cur, &p); err != nil {
+			if err := UnmarshalVersioned(cur, &p); err != nil {
 				return nil, false, fmt.Errorf("decode pool %s: %w", pool, err)
 			}
 			if p.Range != rng {
@@ -127,7 +126,7 @@ func (s *Store) AcquirePool(ctx context.Context, pool, rng netip.Prefix, node st
 		}
 		p.Users = append(p.Users, node)
 		out = p
-		b, _ := json.Marshal(p)
+		b, _ := MarshalVersioned(p)
 		return []clientv3.Op{clientv3.OpPut(s.poolKey(pool), string(b))}, false, nil
 	})
 	return out, err
@@ -153,7 +152,7 @@ func (s *Store) ReleasePool(ctx context.Context, pool netip.Prefix, node string)
 			return nil, true, nil
 		}
 		var p Pool
-		if err := json.Unmarshal(cur, &p); err != nil {
+		if err := UnmarshalVersioned(cur, &p); err != nil {
 			return nil, false, fmt.Errorf("decode pool %s: %w", pool, err)
 		}
 		i := slices.Index(p.Users, node)
@@ -168,7 +167,7 @@ func (s *Store) ReleasePool(ctx context.Context, pool netip.Prefix, node string)
 				clientv3.OpDelete(s.cursorKey(pool)),
 			}, false, nil
 		}
-		b, _ := json.Marshal(p)
+		b, _ := MarshalVersioned(p)
 		return []clientv3.Op{clientv3.OpPut(s.poolKey(pool), string(b))}, false, nil
 	})
 }
@@ -190,7 +189,7 @@ func (s *Store) claim(ctx context.Context, pool netip.Prefix, addr netip.Addr, c
 		return false, Claim{}, err
 	}
 	key := s.addrKey(pool, addr)
-	b, _ := json.Marshal(c)
+	b, _ := MarshalVersioned(c)
 	var opts []clientv3.OpOption
 	if c.Kind == KindEndpoint { // a container's address lives with its node
 		lease, err := s.leased(ctx)
@@ -209,7 +208,7 @@ func (s *Store) claim(ctx context.Context, pool netip.Prefix, addr netip.Addr, c
 	}
 	var holder Claim
 	if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		json.Unmarshal(kvs[0].Value, &holder)
+		UnmarshalVersioned(kvs[0].Value, &holder)
 	}
 	return false, holder, nil
 }
@@ -234,7 +233,7 @@ func (s *Store) Claimed(ctx context.Context, pool netip.Prefix) (map[netip.Addr]
 			continue
 		}
 		var c Claim
-		json.Unmarshal(kv.Value, &c)
+		UnmarshalVersioned(kv.Value, &c)
 		out[a] = c
 	}
 	return out, nil
@@ -253,7 +252,7 @@ func (s *Store) ReleaseAddress(ctx context.Context, pool netip.Prefix, addr neti
 			return nil, true, nil
 		}
 		var c Claim
-		if err := json.Unmarshal(cur, &c); err != nil {
+		if err := UnmarshalVersioned(cur, &c); err != nil {
 			return nil, false, fmt.Errorf("decode claim of %s: %w", addr, err)
 		}
 		if c.Kind != KindEndpoint || c.Node != node {

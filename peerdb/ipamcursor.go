@@ -2,7 +2,6 @@ package peerdb
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -45,7 +44,7 @@ func (s *Store) PoolCursor(ctx context.Context, pool netip.Prefix) (Cursor, erro
 		return Cursor{}, s.wrap("read the cursor of pool "+pool.String(), err)
 	}
 	var c Cursor
-	if len(resp.Kvs) == 0 || json.Unmarshal(resp.Kvs[0].Value, &c) != nil || !pool.Contains(c.Addr) {
+	if len(resp.Kvs) == 0 || UnmarshalVersioned(resp.Kvs[0].Value, &c) != nil || !pool.Contains(c.Addr) {
 		return Cursor{}, nil
 	}
 	return c, nil
@@ -54,6 +53,6 @@ func (s *Store) PoolCursor(ctx context.Context, pool netip.Prefix) (Cursor, erro
 // ClaimNext is ClaimAddress for a dynamic address: if c gets addr, the
 // pool's cursor becomes next in the same transaction.
 func (s *Store) ClaimNext(ctx context.Context, pool netip.Prefix, addr netip.Addr, c Claim, next Cursor) (bool, Claim, error) {
-	b, _ := json.Marshal(next)
+	b, _ := MarshalVersioned(next)
 	return s.claim(ctx, pool, addr, c, clientv3.OpPut(s.cursorKey(pool), string(b)))
 }

@@ -2,7 +2,6 @@ package peerdb
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -66,7 +65,7 @@ func (s *Store) decodeKeys(kvs []*mvccpb.KeyValue) []KeyRecord {
 	out := make([]KeyRecord, 0, len(kvs))
 	for _, kv := range kvs {
 		var r KeyRecord
-		if err := json.Unmarshal(kv.Value, &r); err != nil || !r.VTEP.IsValid() {
+		if err := UnmarshalVersioned(kv.Value, &r); err != nil || !r.VTEP.IsValid() {
 			s.log.WithError(err).WithField("key", string(kv.Key)).Error("skipping undecodable key record")
 			continue
 		}

@@ -2,7 +2,6 @@ package peerdb
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -50,7 +49,7 @@ func (s *Store) AllocateNetwork(ctx context.Context, n Network, want []uint32, r
 			}
 		}
 		n.VNIs = vnis
-		val, err := json.Marshal(n)
+		val, err := MarshalVersioned(n)
 		if err != nil {
 			return Network{}, err
 		}
@@ -129,14 +128,14 @@ func (s *Store) JoinNamedNetwork(ctx context.Context, n Network, want []uint32, 
 				gone = true // freed meanwhile by its last user: allocate again
 				return nil, true, nil
 			}
-			if err := json.Unmarshal(cur, &out); err != nil {
+			if err := UnmarshalVersioned(cur, &out); err != nil {
 				return nil, false, err
 			}
 			if slices.Contains(out.Users, node) {
 				return nil, true, nil
 			}
 			out.Users = append(out.Users, node)
-			b, _ := json.Marshal(out)
+			b, _ := MarshalVersioned(out)
 			return []clientv3.Op{clientv3.OpPut(s.networkKey(n.NID), string(b))}, false, nil
 		})
 		if err != nil {
@@ -159,7 +158,7 @@ func (s *Store) LeaveNamedNetwork(ctx context.Context, nid, node string) (bool, 
 			return nil, true, nil
 		}
 		var n Network
-		if err := json.Unmarshal(cur, &n); err != nil {
+		if err := UnmarshalVersioned(cur, &n); err != nil {
 			return nil, false, err
 		}
 		i := slices.Index(n.Users, node)
@@ -172,7 +171,7 @@ func (s *Store) LeaveNamedNetwork(ctx context.Context, nid, node string) (bool, 
 			return s.freeOps(n), false, nil
 		}
 		freed = false
-		b, _ := json.Marshal(n)
+		b, _ := MarshalVersioned(n)
 		return []clientv3.Op{clientv3.OpPut(s.networkKey(nid), string(b))}, false, nil
 	})
 	return freed, err
@@ -237,7 +236,7 @@ func getJSON[T any](ctx context.Context, s *Store, key, what string) (T, bool, e
 	if len(resp.Kvs) == 0 {
 		return v, false, nil
 	}
-	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+	if err := UnmarshalVersioned(resp.Kvs[0].Value, &v); err != nil {
 		return v, false, fmt.Errorf("decode %s: %w", what, err)
 	}
 	return v, true, nil
@@ -261,7 +260,7 @@ func (s *Store) FreeNetwork(ctx context.Context, nid string) error {
 			return s.wrap("delete endpoints of network "+nid, err)
 		}
 		var n Network
-		if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+		if err := UnmarshalVersioned(resp.Kvs[0].Value, &n); err != nil {
 			return fmt.Errorf("decode network %s: %w", nid, err)
 		}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.networkKey(nid)), "=", resp.Kvs[0].ModRevision)}

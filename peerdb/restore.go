@@ -2,7 +2,6 @@ package peerdb
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -278,7 +277,7 @@ func (s *Store) DropClaimsNotHeld(ctx context.Context, node string, upTo int64, 
 			continue
 		}
 		var c Claim
-		if err := json.Unmarshal(kv.Value, &c); err != nil || c.Kind != KindEndpoint || c.Node != node || held(pool, addr) {
+		if err := UnmarshalVersioned(kv.Value, &c); err != nil || c.Kind != KindEndpoint || c.Node != node || held(pool, addr) {
 			continue
 		}
 		gone, err := deleteUnchanged(ctx, cli, kv)

@@ -3,7 +3,7 @@ package peerdb
 import (
 	"cmp"
 	"crypto/ed25519"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -387,7 +387,7 @@ const gossipContext = "vxnet gossip v1\x00"
 
 // Sign signs u as node with key.
 func Sign(node string, key ed25519.PrivateKey, u GossipUpdate) (SignedUpdate, error) {
-	b, err := json.Marshal(u)
+	b, err := MarshalVersioned(u)
 	if err != nil {
 		return SignedUpdate{}, err
 	}
@@ -420,8 +420,12 @@ func (t *Table) Gossip(m SignedUpdate) (Changes, Heard) {
 		return nil, Heard{}
 	}
 	var u GossipUpdate
-	if err := json.Unmarshal(m.Payload, &u); err != nil {
-		t.refuse("gossip-undecodable", Key{}, fmt.Errorf("from %s: %w", m.Node, err))
+	if err := UnmarshalVersioned(m.Payload, &u); err != nil {
+		reason := "gossip-undecodable"
+		if errors.Is(err, ErrNewerSchema) {
+			reason = "schema"
+		}
+		t.refuse(reason, Key{}, fmt.Errorf("from %s: %w", m.Node, err))
 		return nil, Heard{}
 	}
 	if m.Node == t.self {

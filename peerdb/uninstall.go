@@ -2,7 +2,6 @@ package peerdb
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -72,11 +71,11 @@ func (s *Store) ForgetNode(ctx context.Context, node, leaseFile string) (Forgott
 	}
 	owned := func(v []byte) bool {
 		var e struct{ Node string }
-		return json.Unmarshal(v, &e) == nil && e.Node == node
+		return UnmarshalVersioned(v, &e) == nil && e.Node == node
 	}
 	ownedClaim := func(v []byte) bool {
 		var c Claim
-		return json.Unmarshal(v, &c) == nil && c.Kind == KindEndpoint && c.Node == node
+		return UnmarshalVersioned(v, &c) == nil && c.Kind == KindEndpoint && c.Node == node
 	}
 	for _, sel := range []struct {
 		prefix string
@@ -182,7 +181,7 @@ func listJSON[T any](ctx context.Context, s *Store, cli *clientv3.Client, prefix
 	out := make([]T, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		var v T
-		if json.Unmarshal(kv.Value, &v) == nil {
+		if UnmarshalVersioned(kv.Value, &v) == nil {
 			out = append(out, v)
 		}
 	}

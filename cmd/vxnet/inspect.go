@@ -42,8 +42,8 @@ func inspect(cmd string, args []string) error {
 		if *asJSON {
 			return json.NewEncoder(os.Stdout).Encode(st)
 		}
-		fmt.Fprintf(w, "node\t%s\nvtep\t%s\nscope\t%s\netcd\t%s\npeer table loaded\t%v\n", st.Node, st.VTEP, st.Scope, st.Etcd, st.Synced)
-		fmt.Fprintf(w, "networks\t%d (%d with endpoints here)\nlocal endpoints\t%d\ncluster endpoints\t%d\n", st.Networks, st.Attached, st.Endpoints, st.Peers)
+		fmt.Fprintf(w, "node\t%s\nschema\t%s\nvtep\t%s\nscope\t%s\netcd\t%s\npeer table loaded\t%v\n", st.Node, st.Schema, st.VTEP, st.Scope, st.Etcd, st.Synced)
+		fmt.Fprintf(w, "networks\t%d (%d with endpoints here)\nlocal endpoints\t%d\nendpoints held\t%d (of the %d networks used here)\n", st.Networks, st.Attached, st.Endpoints, st.Peers, st.Watched)
 		fmt.Fprintf(w, "changes waiting for etcd\t%d\n", st.Pending)
 		if e := st.Encryption; e != nil {
 			fmt.Fprintf(w, "key epoch\t%d (%d encrypted networks here, keys of %d nodes, SAs %d in / %d out)\n", e.Epoch, e.Active, e.Peers, e.Inbound, e.Outbound)

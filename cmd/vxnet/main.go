@@ -86,7 +86,7 @@ func main() {
 	case "settings":
 		config.WriteHelp(os.Stdout)
 	case "version":
-		fmt.Println("vxnet", version)
+		fmt.Printf("vxnet %s (schema %s)\n", version, peerdb.Schema)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -248,7 +248,7 @@ func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *log
 	h.SetDriver(d, alloc)
 	log.WithFields(logrus.Fields{
 		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
-		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "scope": s.Scope, "version": version,
+		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "scope": s.Scope, "version": version, "schema": peerdb.Schema.String(),
 	}).Info("vxnet serving")
 	return g.Wait()
 }
