@@ -60,7 +60,7 @@ func (d *Driver) Status(ctx context.Context) Status {
 // the kernel.
 func (d *Driver) localStatus() Status {
 	d.mu.Lock()
-	st := Status{Node: d.cfg.Node, VTEP: d.cfg.Underlay.Addr.String(), Scope: d.cfg.Scope, Networks: len(d.networks), Peers: d.table.Len()}
+	st := Status{Node: d.cfg.Node, Schema: peerdb.Schema.String(), VTEP: d.cfg.Underlay.Addr.String(), Scope: d.cfg.Scope, Networks: len(d.networks), Peers: d.table.Len()}
 	for _, n := range d.networks {
 		if n.attached > 0 {
 			st.Attached++
