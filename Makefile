@@ -6,13 +6,17 @@ BIN     := bin/vxnet
 PLUGIN  := build/plugin
 NAME    ?= vxnet
 TAG     ?= latest
+# SCHEMA builds a plugin that writes another schema version (MAJOR.MINOR,
+# peerdb/schema.go): the upgrade tests' second build.
+SCHEMA  ?=
+LDFLAGS := -s -w -X main.version=$(VERSION)$(if $(SCHEMA), -X github.com/vxnet/vxnet/peerdb.schema=$(SCHEMA))
 
 .PHONY: all build test test-unit demo bench scale setup plugin plugin-create clean
 
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/vxnet
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/vxnet
 
 # Debian packages the tests and the lab use.
 setup:

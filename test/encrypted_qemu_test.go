@@ -45,7 +45,7 @@ echo "VXNET-VM-BOOTED $(uname -r)"
 cd /t
 ./ipsec.test -test.v -test.count=1 2>&1
 echo "VXNET-VM-EXIT ipsec $?"
-VXNET_BIN=/bin/vxnet VXNET_TEST_STRICT=1 ./test.test -test.run "$(cat /t/run)" -test.v -test.count=1 -test.timeout=25m 2>&1
+VXNET_BIN=/bin/vxnet VXNET_BIN_NEXT=/bin/vxnet-next VXNET_TEST_STRICT=1 ./test.test -test.run "$(cat /t/run)" -test.v -test.count=1 -test.timeout=25m 2>&1
 echo "VXNET-VM-EXIT test $?"
 sync
 poweroff -f
@@ -103,6 +103,7 @@ func TestEncryptedInQEMU(t *testing.T) {
 	}
 	im.Link("/sbin/modprobe", "/bin/busybox")
 	im.Add("/bin/vxnet", vxnetBin)
+	im.Add("/bin/vxnet-next", buildNext(t))
 	im.Add("/t/test.test", filepath.Join(work, "test.test"))
 	im.Add("/t/ipsec.test", filepath.Join(work, "ipsec.test"))
 	run := "^TestEncrypted"

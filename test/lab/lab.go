@@ -61,9 +61,11 @@ type Host struct {
 	NetnsDir string
 	LogPath  string
 	Env      []string // extra settings, KEY=VALUE
-	port     string   // its port on the underlay switch
-	cmd      *exec.Cmd
-	lab      *Lab
+	// Bin is the vxnet binary Start runs; empty: the lab's.
+	Bin  string
+	port string // its port on the underlay switch
+	cmd  *exec.Cmd
+	lab  *Lab
 }
 
 // New makes the underlay, etcd and n hosts; it starts no plugin. bin is
@@ -243,7 +245,11 @@ func (h *Host) Start(env ...string) {
 	os.Remove(h.Socket)
 	// nsenter, not `ip netns exec`: the plugin must share the host's mount
 	// namespace, or the namespaces it pins are visible to it alone.
-	h.cmd = exec.Command("nsenter", "--net="+h.NS.Path(), h.lab.bin, "plugin")
+	bin := h.lab.bin
+	if h.Bin != "" {
+		bin = h.Bin
+	}
+	h.cmd = exec.Command("nsenter", "--net="+h.NS.Path(), bin, "plugin")
 	h.cmd.Env = append(h.Settings(), env...)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	if err := h.cmd.Start(); err != nil {
