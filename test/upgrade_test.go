@@ -206,12 +206,49 @@ func buildNext(t *testing.T) string {
 	if bin := os.Getenv("VXNET_BIN_NEXT"); bin != "" {
 		return bin
 	}
-	bin := filepath.Join(t.TempDir(), "vxnet-next")
-	out, err := exec.Command("make", "-C", "..", "build", "BIN="+bin, "SCHEMA="+nextSchema(), "VERSION=next").CombinedOutput()
+	return buildSchema(t, nextSchema())
+}
+
+// buildSchema builds the vxnet binary of schema version schema.
+func buildSchema(t *testing.T, schema string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "vxnet-"+schema)
+	out, err := exec.Command("make", "-C", "..", "build", "BIN="+bin, "SCHEMA="+schema, "VERSION=schema-"+schema).CombinedOutput()
 	if err != nil {
-		t.Fatalf("build the next vxnet: %v\n%s", err, out)
+		t.Fatalf("build vxnet of schema %s: %v\n%s", schema, err, out)
 	}
 	return bin
+}
+
+// A host whose plugin writes a newer major schema is not misread: the
+// others ignore its node and endpoint records, saying why and what to
+// do, and program none of its endpoints.
+func TestNewerMajorSchemaIsRefused(t *testing.T) {
+	l := newLab(t, 2)
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	nid := lab.NetworkID("maj")
+	if _, err := l.CreateNetwork(nid, nil, net1); err != nil {
+		t.Fatal(err)
+	}
+	c1 := must(h1.Run(nid, "198.18.10.2/24"))
+	newer := fmt.Sprintf("%d.0", peerdb.Schema.Major+1)
+	h2.Stop()
+	h2.Bin = buildSchema(t, newer)
+	h2.Start()
+	c2 := must(h2.Run(nid, "198.18.10.3/24"))
+	want := fmt.Sprintf("written by a newer vxnet (schema %s; this one reads up to %d.x): upgrade vxnet on this host", newer, peerdb.Schema.Major)
+	eventually(t, "h1 says why it ignores h2's records", func() error {
+		if b, _ := os.ReadFile(h1.LogPath); !strings.Contains(string(b), want) {
+			return fmt.Errorf("h1's log lacks %q", want)
+		}
+		return nil
+	})
+	if arp, fdb := peerEntries(t, h1, nid, c2.IP, c2.MAC); arp != "" || fdb != "" {
+		t.Errorf("h1 programmed the endpoint of a newer major: %s %s", arp, fdb)
+	}
+	if err := c1.NS.Ping(c2.IP, 1, "-W", "1"); err == nil {
+		t.Error("h1 reaches an endpoint it should have refused")
+	}
 }
 
 // The rolling upgrade on an encrypted network (ESP: the qemu lab runs it):
