@@ -16,6 +16,7 @@
 //     network drawn by its size; what every host receives is counted, and
 //     200 probes (new endpoints, every tenth in the network with the most
 //     hosts) are timed until every host of their network has seen them;
+//     then 100 more, one at a time, on a quiet etcd;
 //   - etcd's own figures, from its /metrics, across the phases;
 //   - a real `vxnet plugin` (plugin.go) standing in for a host that uses
 //     20 networks: its cold sync and memory with 0, 1, 10 and 20 of them;
@@ -63,7 +64,8 @@ var (
 	nodeWatch  = flag.Bool("node-watch", true, "each simulated host also watches the node records, as a plugin does")
 	churnRate  = flag.Int("churn", 100, "container starts per second cluster-wide, and as many stops (0: probes only, one at a time)")
 	churnFor   = flag.Duration("churn-for", time.Minute, "how long the churn lasts")
-	probes     = flag.Int("probes", 200, "new endpoints timed to every host of their network")
+	probes     = flag.Int("probes", 200, "new endpoints timed to every host of their network, during the churn")
+	quiet      = flag.Int("quiet-probes", 100, "new endpoints timed after the churn, one at a time")
 	sample     = flag.Int("coldsync-sample", 20, "hosts whose cold list and decode is timed")
 	pluginNets = flag.String("plugin-nets", "1,10,20", "networks the real plugin attaches, in steps (empty: no real plugin)")
 	defrag     = flag.Bool("defrag", true, "compact and defragment etcd at the end, timed")
@@ -211,6 +213,14 @@ func main() {
 	fmt.Printf("churn done in %s (%d writes), deliveries complete after %s more\n%s\n", window.Round(time.Millisecond), ch.total, delivered.Round(time.Millisecond), etcdLine(mC2))
 	t.churn(c, a, ch, window, *churnRate, *wide)
 	t.probes(all, largest, missing, len(c.nets[p.largest].hosts), *churnRate > 0)
+	if *quiet > 0 && *churnRate > 0 {
+		q := newProber(c, a, *seed+1)
+		q.offset = p.offset
+		fmt.Printf("%d probes one at a time on a quiet etcd\n", *quiet)
+		ch.run(ctx, writer, 0, 0, 1, q, *quiet)
+		all, largest, missing := q.results(30 * time.Second)
+		t.probes(all, largest, missing, len(c.nets[q.largest].hosts), false)
+	}
 	t.etcdChurn(mC0, mC1, mC2, peaks, cpuSeconds(ru1)-cpuSeconds(ru0), mC2.at.Sub(mC0.at), load0, load1)
 
 	// The real plugin in the place of a host with maxNets networks.
