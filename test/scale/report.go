@@ -131,8 +131,8 @@ func (t *table) coldSync(r []coldResult) {
 
 func (t *table) churn(c *cluster, a *agents, ch *churner, window time.Duration, rate, wide int) {
 	perMin := 60 / window.Seconds()
-	t.add("churn", fmt.Sprintf("%d container starts and %d stops per second cluster-wide (one put and one delete each tick), %s: %s writes in %d networks",
-		rate, rate, ms(window), num(ch.total), countNonZero(ch.ops)), "")
+	t.add("churn", fmt.Sprintf("%d container starts and %d stops per second cluster-wide (one put and one delete each tick), %s: %s writes in %s networks",
+		rate, rate, ms(window), num(ch.total), num(countNonZero(ch.ops))), "")
 	p50, p99, failed := ch.writeLatency()
 	t.add("write latency during the churn, p50 / p99", fmt.Sprintf("%s / %s (%d failed)", ms(p50), ms(p99), failed), "")
 
@@ -242,7 +242,7 @@ func (t *table) plugin(steps []pluginStep, nodes int, checked string, watchers f
 				fmt.Sprintf("%s; %s", ms(s.coldSync), memoryCell(s)), "< 64 MiB")
 			continue
 		}
-		t.add(fmt.Sprintf("real plugin, %d networks (%s records; held %s): restart → synced; RSS (peak; heap in use, idle)", s.nets, num(s.records), num(s.held)),
+		t.add(fmt.Sprintf("real plugin, %s (%s records; held %s): restart → synced; RSS (peak; heap in use, idle)", plural(s.nets, "network"), num(s.records), num(s.held)),
 			fmt.Sprintf("%s; %s", ms(s.coldSync), memoryCell(s)), "< 2 s; < 64 MiB")
 	}
 	var attach []string
@@ -306,4 +306,12 @@ func pearson(x, y []float64) float64 {
 		sxx, syy, sxy = sxx+x[i]*x[i], syy+y[i]*y[i], sxy+x[i]*y[i]
 	}
 	return (n*sxy - sx*sy) / math.Sqrt((n*sxx-sx*sx)*(n*syy-sy*sy))
+}
+
+// plural writes n things.
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
