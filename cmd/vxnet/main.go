@@ -9,6 +9,7 @@
 //	vxnet rotate-gossip-key  replace the cluster's serf key kept in etcd
 //	vxnet settings         list every setting (environment and flags)
 //	vxnet uninstall        remove what vxnet left on this host and its records in etcd
+//	vxnet equivalent NETWORK...  the docker network create command of a stock overlay network's vxnet replacement
 //	vxnet version
 package main
 
@@ -54,6 +55,10 @@ const usage = `usage: vxnet COMMAND
   rotate-gossip-key
              replace the cluster's serf key kept in etcd (every plugin follows); takes
              the plugin's etcd settings
+  equivalent NETWORK...|-
+             print the docker network create command of the vxnet network that
+             replaces each stock overlay network (- : read docker network
+             inspect's output from stdin)
   settings   list every setting, its environment variable, flag and default
   uninstall  once the plugin is removed, remove what it left on this host (namespaces,
              devices, xfrm state, nftables table, state directory) and this node's etcd
@@ -83,6 +88,8 @@ func main() {
 		err = rotateGossipKey(os.Args[2:])
 	case "uninstall":
 		err = uninstall(os.Args[2:])
+	case "equivalent":
+		err = equivalent(os.Args[2:], os.Stdin, os.Stdout)
 	case "settings":
 		config.WriteHelp(os.Stdout)
 	case "version":
