@@ -18,8 +18,8 @@ import (
 func (t *Table) Attach(cid string, spec NetworkSpec) Changes {
 	v := t.nets[cid]
 	if v == nil {
-		v = &netView{cand: map[Key]Endpoint{}, byIP: map[netip.Addr]map[Key]struct{}{},
-			byMAC: map[string]map[Key]struct{}{}, prog: map[Key]Endpoint{}}
+		v = &netView{cand: map[Key]entry{}, byIP: map[netip.Addr][]Key{},
+			byMAC: map[string][]Key{}, prog: map[Key]entry{}}
 		t.nets[cid] = v
 	}
 	v.spec = spec
@@ -50,8 +50,8 @@ func (t *Table) Desired(cid string) []Endpoint {
 		return nil
 	}
 	out := make([]Endpoint, 0, len(v.prog))
-	for _, e := range v.prog {
-		out = append(out, e)
+	for k, e := range v.prog {
+		out = append(out, e.record(k))
 	}
 	return out
 }
@@ -84,13 +84,14 @@ func (t *Table) Conflicts() []Conflict {
 			} else if v.resMACs[e.MAC] {
 				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "mac " + e.MAC})
 			}
-			if _, ok := v.cand[k]; !ok {
+			c, ok := v.cand[k]
+			if !ok {
 				continue
 			}
-			if w := t.winner(v.byIP[e.IP]); w != k {
-				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "ip " + e.IP.String()})
-			} else if w := t.winner(v.byMAC[e.MAC]); w != k {
-				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "mac " + e.MAC})
+			if w := t.winner(v.byIP[c.IP]); w != k {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "ip " + c.IP.String()})
+			} else if w := t.winner(v.byMAC[c.MAC]); w != k {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "mac " + c.MAC})
 			}
 		}
 	}
@@ -142,36 +143,37 @@ func (t *Table) refresh(ch Changes, k Key) {
 	}
 }
 
-// candidate returns the record of k if the kernel may hold it: a remote
-// node's record, valid, in a subnet of the network, on no address or
-// MAC reserved by this node.
-func (t *Table) candidate(v *netView, k Key) (Endpoint, bool) {
+// candidate returns the kernel entry of the record of k if the kernel
+// may hold it: a remote node's record, valid, in a subnet of the network,
+// on no address or MAC reserved by this node.
+func (t *Table) candidate(v *netView, k Key) (entry, bool) {
 	e, ok := t.effective(k)
 	if !ok || e.Node == t.self {
-		return Endpoint{}, false
+		return entry{}, false
 	}
 	if err := t.checkOwner(e, t.FromGossip(k)); err != nil {
 		t.refuse("owner", k, err)
-		return Endpoint{}, false
+		return entry{}, false
 	}
 	hw, err := CheckMAC(e.MAC)
 	if err != nil {
 		t.refuse("mac", k, err)
-		return Endpoint{}, false
+		return entry{}, false
 	}
 	mac := hw.String()
+	if mac == e.MAC {
+		mac = e.MAC // the record's own string: one copy per record, not two
+	}
 	if !inSubnets(v.spec.Subnets, e.IP) {
 		t.refuse("ip", k, fmt.Errorf("address %s is in no subnet of the network, or is a subnet's network or broadcast address", e.IP))
-		return Endpoint{}, false
+		return entry{}, false
 	}
 	if v.reserved[e.IP] || v.resMACs[mac] {
 		t.refuse("reserved", k, fmt.Errorf("address %s or MAC %s belongs to this host (an own endpoint or a gateway)", e.IP, mac))
-		return Endpoint{}, false
+		return entry{}, false
 	}
 	delete(t.refusals, k)
-	// Only what the kernel entries and the ordering need.
-	return Endpoint{NID: e.NID, EID: e.EID, IP: e.IP, MAC: mac, VTEP: e.VTEP, Node: e.Node,
-		Written: e.Written, Version: e.Version, CreateRevision: t.etcd[k].CreateRevision}, true
+	return entry{IP: e.IP, VTEP: e.VTEP, MAC: mac, created: t.etcd[k].CreateRevision}, true
 }
 
 // checkOwner checks that a record speaks for its node: the node has a
@@ -223,16 +225,20 @@ func (t *Table) settle(ch Changes, cid string, v *netView, k Key) {
 	win := ok && t.winner(v.byIP[e.IP]) == k && t.winner(v.byMAC[e.MAC]) == k
 	p, was := v.prog[k]
 	switch {
-	case win && was && samePeer(p, e):
+	case win && was && p.sameKernel(e):
 		v.prog[k] = e
 	case win:
 		if was {
-			ch.of(cid).Del = append(ch.of(cid).Del, p)
+			ch.of(cid).Del = append(ch.of(cid).Del, p.record(k))
 		}
-		ch.of(cid).Add = append(ch.of(cid).Add, e)
+		add := e.record(k)
+		if rec, ok := t.effective(k); ok {
+			add.Node, add.Written, add.Version = rec.Node, rec.Written, rec.Version
+		}
+		ch.of(cid).Add = append(ch.of(cid).Add, add)
 		v.prog[k] = e
 	case was:
-		ch.of(cid).Del = append(ch.of(cid).Del, p)
+		ch.of(cid).Del = append(ch.of(cid).Del, p.record(k))
 		delete(v.prog, k)
 	}
 }
@@ -240,11 +246,11 @@ func (t *Table) settle(ch Changes, cid string, v *netView, k Key) {
 // winner is the claim that holds an IP or a MAC: the record etcd created
 // first; records etcd has not confirmed come after all it has, then by
 // key. Every node that holds the same records decides the same.
-func (t *Table) winner(keys map[Key]struct{}) Key {
+func (t *Table) winner(keys []Key) Key {
 	var best Key
 	var bestRev int64
 	first := true
-	for k := range keys {
+	for _, k := range keys {
 		rev := t.etcd[k].CreateRevision
 		if rev == 0 {
 			rev = math.MaxInt64
@@ -256,35 +262,41 @@ func (t *Table) winner(keys map[Key]struct{}) Key {
 	return best
 }
 
-func (v *netView) claim(k Key, e Endpoint) {
-	if v.byIP[e.IP] == nil {
-		v.byIP[e.IP] = map[Key]struct{}{}
-	}
-	v.byIP[e.IP][k] = struct{}{}
-	if v.byMAC[e.MAC] == nil {
-		v.byMAC[e.MAC] = map[Key]struct{}{}
-	}
-	v.byMAC[e.MAC][k] = struct{}{}
+func (v *netView) claim(k Key, e entry) {
+	v.byIP[e.IP] = append(v.byIP[e.IP], k)
+	v.byMAC[e.MAC] = append(v.byMAC[e.MAC], k)
 }
 
-func (v *netView) unclaim(k Key, e Endpoint) {
-	delete(v.byIP[e.IP], k)
-	if len(v.byIP[e.IP]) == 0 {
+func (v *netView) unclaim(k Key, e entry) {
+	if rest := without(v.byIP[e.IP], k); len(rest) > 0 {
+		v.byIP[e.IP] = rest
+	} else {
 		delete(v.byIP, e.IP)
 	}
-	delete(v.byMAC[e.MAC], k)
-	if len(v.byMAC[e.MAC]) == 0 {
+	if rest := without(v.byMAC[e.MAC], k); len(rest) > 0 {
+		v.byMAC[e.MAC] = rest
+	} else {
 		delete(v.byMAC, e.MAC)
 	}
 }
 
-func (v *netView) claimants(into map[Key]struct{}, e Endpoint) {
-	for k := range v.byIP[e.IP] {
+// without removes k from keys (a claim is made once per key).
+func without(keys []Key, k Key) []Key {
+	return slices.DeleteFunc(keys, func(o Key) bool { return o == k })
+}
+
+func (v *netView) claimants(into map[Key]struct{}, e entry) {
+	for _, k := range v.byIP[e.IP] {
 		into[k] = struct{}{}
 	}
-	for k := range v.byMAC[e.MAC] {
+	for _, k := range v.byMAC[e.MAC] {
 		into[k] = struct{}{}
 	}
+}
+
+// record is the kernel entry of k as a record, for Changes and Desired.
+func (e entry) record(k Key) Endpoint {
+	return Endpoint{NID: k.NID, EID: k.EID, IP: e.IP, MAC: e.MAC, VTEP: e.VTEP}
 }
 
 // samePeer reports whether two records program the same kernel entries.

@@ -88,15 +88,30 @@ type tomb struct {
 	at      time.Time
 }
 
+// entry is what the kernel holds for a record: its neighbour and FDB
+// entries. Views keep only this of each record, not the whole record:
+// a node on a large network holds tens of thousands.
+type entry struct {
+	IP, VTEP netip.Addr
+	MAC      string // in net.HardwareAddr.String form
+	// created is etcd's creation revision of the record (0: not in etcd
+	// yet), which orders claims (winner): a change of it must settle them
+	// again, though the kernel entry is the same.
+	created int64
+}
+
+// sameKernel reports whether two entries are the same kernel entries.
+func (e entry) sameKernel(o entry) bool { return e.IP == o.IP && e.VTEP == o.VTEP && e.MAC == o.MAC }
+
 // netView is the table's view of one attached network.
 type netView struct {
 	spec     NetworkSpec
 	reserved map[netip.Addr]bool
 	resMACs  map[string]bool
-	cand     map[Key]Endpoint // effective, valid records: the candidates
-	byIP     map[netip.Addr]map[Key]struct{}
-	byMAC    map[string]map[Key]struct{}
-	prog     map[Key]Endpoint // the winners: what the kernel holds
+	cand     map[Key]entry // effective, valid records: the candidates
+	byIP     map[netip.Addr][]Key
+	byMAC    map[string][]Key
+	prog     map[Key]entry // the winners: what the kernel holds
 }
 
 // Table is a node's replicated endpoint table: the records etcd holds,
@@ -117,8 +132,9 @@ type Table struct {
 	tombs map[Key]tomb
 	heard map[Key]heard
 	byNet map[string]map[Key]struct{} // every key held, by cluster ID
-	// watched are the networks (cluster IDs) this node holds records of.
-	watched map[string]bool
+	// watched are the networks (cluster IDs) this node holds records of,
+	// each mapped to itself: records share that one string.
+	watched map[string]string
 
 	nets    map[string]*netView
 	pending map[Key]Op
@@ -134,7 +150,7 @@ func NewTable(self string, log *logrus.Entry) *Table {
 		self: self, log: log, now: time.Now,
 		nodes: map[string]Node{}, addrOwner: map[netip.Addr]string{},
 		etcd: map[Key]Endpoint{}, tombs: map[Key]tomb{}, heard: map[Key]heard{},
-		byNet: map[string]map[Key]struct{}{}, nets: map[string]*netView{}, watched: map[string]bool{},
+		byNet: map[string]map[Key]struct{}{}, nets: map[string]*netView{}, watched: map[string]string{},
 		pending: map[Key]Op{}, refused: map[string]uint64{}, refusals: map[Key]string{},
 	}
 }
@@ -229,10 +245,10 @@ func (t *Table) Node(name string) (Node, bool) {
 // Watch makes network cid one this node holds records of: what etcd and
 // gossip say of it is taken from now on. Records of other networks are
 // ignored (interest follows attachment).
-func (t *Table) Watch(cid string) { t.watched[cid] = true }
+func (t *Table) Watch(cid string) { t.watched[cid] = cid }
 
 // Watched reports whether the table takes records of network cid.
-func (t *Table) Watched(cid string) bool { return t.watched[cid] }
+func (t *Table) Watched(cid string) bool { _, ok := t.watched[cid]; return ok }
 
 // Forget drops network cid and everything held of it (etcd's records,
 // gossip's, deletions remembered, its view), when this node stops using
@@ -257,12 +273,12 @@ func (t *Table) Forget(cid string) {
 // records). It returns nothing: after a reset the owner reconciles the
 // network's kernel against Desired. A network not watched is ignored.
 func (t *Table) ResetNetwork(cid string, puts []Endpoint) {
-	if !t.watched[cid] {
+	if !t.Watched(cid) {
 		return
 	}
 	fresh := make(map[Key]Endpoint, len(puts))
 	for _, e := range puts {
-		if e.NID == cid && t.takeEtcd(e) {
+		if e.NID == cid && t.takeEtcd(&e) {
 			fresh[e.Key()] = e
 		}
 	}
@@ -282,8 +298,15 @@ func (t *Table) ResetNetwork(cid string, puts []Endpoint) {
 }
 
 // takeEtcd checks a record from etcd before it is held; a record it
-// refuses counts as absent from etcd.
-func (t *Table) takeEtcd(e Endpoint) bool {
+// refuses counts as absent from etcd. A record taken shares its network's
+// and node's names with the table's (a large network holds many).
+func (t *Table) takeEtcd(e *Endpoint) bool {
+	if cid, ok := t.watched[e.NID]; ok {
+		e.NID = cid
+	}
+	if n, ok := t.nodes[e.Node]; ok {
+		e.Node = n.Name
+	}
 	if max := t.maxVersion(); e.Version > max {
 		t.refuse("version", e.Key(), fmt.Errorf("version %d is more than %s ahead of this node's clock", e.Version, MaxVersionAhead))
 		return false
@@ -294,12 +317,13 @@ func (t *Table) takeEtcd(e Endpoint) bool {
 // PutEtcd takes one record etcd wrote.
 func (t *Table) PutEtcd(e Endpoint) Changes {
 	k := e.Key()
-	if !t.watched[k.NID] {
+	if !t.Watched(k.NID) {
 		return nil
 	}
-	if !t.takeEtcd(e) {
+	if !t.takeEtcd(&e) {
 		return t.DeleteEtcd(k)
 	}
+	k = e.Key()
 	t.etcd[k] = e
 	t.index(k)
 	t.confirm(k, e)
@@ -319,7 +343,7 @@ func (t *Table) confirm(k Key, e Endpoint) {
 
 // DeleteEtcd takes etcd's deletion of a record.
 func (t *Table) DeleteEtcd(k Key) Changes {
-	if !t.watched[k.NID] {
+	if !t.Watched(k.NID) {
 		return nil
 	}
 	if e, ok := t.etcd[k]; ok {
@@ -450,7 +474,7 @@ func (t *Table) Gossip(m SignedUpdate) (Changes, Heard) {
 		t.refuse("gossip-undecodable", k, fmt.Errorf("from %s: no network or endpoint ID", m.Node))
 		return nil, Heard{}
 	}
-	if !t.watched[k.NID] {
+	if !t.Watched(k.NID) {
 		return nil, Heard{} // a network this node does not use
 	}
 	if u.Version > t.maxVersion() {
