@@ -1,41 +1,86 @@
-// Command bench measures vxnet against Docker's stock overlay and the bare
-// underlay, in one run on one lab (two simulated hosts running dockerd 20.10
-// in a swarm, underlay MTU 1500, both overlays at their default MTU):
+//go:build linux
+
+// Command bench measures vxnet's data path against Docker's stock overlay
+// and the bare underlay, on one lab (two simulated hosts running dockerd
+// 20.10 in a swarm, a direct link between them for the data path,
+// underlay MTU 1500, both overlays at their default MTU).
 //
-//   - single-stream TCP throughput, container to container across the two
-//     hosts (iperf3 run in the containers' network namespaces), over vxnet,
-//     over the stock overlay, and host to host on the underlay: 3 runs of
-//     5 s each, median;
-//   - the time from `docker run` on one host to the first answered ping
-//     from a container on the other, and whether the first ping after
-//     `docker run` returns is answered.
+// A shared machine is noisy, so the paths are interleaved: each round
+// runs every test on every path in turn, the order rotated from round to
+// round and test to test, and every comparison is the median of the
+// per-round ratios (vxnet/stock, vxnet/underlay), reported with their
+// range. A comparison whose ratios spread more than -max-spread around
+// their median, or whose rounds fall on both sides of its goal, is
+// reported as too noisy to conclude. The tests (metrics.go):
+//
+//   - TCP throughput with 1 and with 4 streams (iperf3, run in the
+//     containers' network namespaces, as busybox has no iperf3);
+//   - CPU per GB moved: at full speed, and at a fixed rate (-rate) that
+//     no path is limited by, where it measures cost rather than the
+//     inverse of throughput. All simulated hosts share this machine's
+//     kernel, so /proc/stat counts sender and receiver together, and the
+//     machine's use in the second before each test (the lab's daemons,
+//     other people's work) is taken off; iperf3's own figures for the
+//     sending and the receiving process are given beside it;
+//   - TCP_RR and UDP_RR, 1 byte each way, one transaction in flight:
+//     latency p50 and p99 and rate; TCP connections per second (rr.go, this
+//     binary run in the containers' namespaces);
+//
+// and, once per network after the rounds, the time from `docker run` on
+// one host to the first answered ping from a container on the other.
+// -levers adds variants of the paths with a setting changed (paths.go),
+// measured in the same rounds; -profile records `perf record -a -g` of a
+// 1-stream transfer on each path.
 //
 // Run it as root: make bench
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vxnet/vxnet/test/lab"
 )
 
 var (
-	bin     = flag.String("bin", "bin/vxnet", "the vxnet binary")
-	plugin  = flag.String("plugin", "build/plugin", "the plugin directory (make plugin)")
-	runs    = flag.Int("runs", 3, "iperf3 runs per path")
-	secs    = flag.Int("seconds", 5, "length of each iperf3 run")
-	trials  = flag.Int("trials", 5, "docker run → first ping trials per network")
-	verbose = flag.Bool("v", false, "print each measurement")
+	bin       = flag.String("bin", "bin/vxnet", "the vxnet binary")
+	plugin    = flag.String("plugin", "build/plugin", "the plugin directory (make plugin)")
+	rounds    = flag.Int("rounds", 5, "rounds; each measures every test on every path once")
+	secs      = flag.Int("seconds", 4, "length of each iperf3 test")
+	rrSecs    = flag.Float64("rr-seconds", 2, "length of each request/response test")
+	rate      = flag.String("rate", "2G", "iperf3 -b of the fixed-rate CPU test")
+	bgTime    = flag.Duration("background", time.Second, "how long the machine's background CPU use is measured before each iperf3 test")
+	maxSpread = flag.Float64("max-spread", 0.2, "(max-min)/median of a ratio's rounds above which the run cannot conclude")
+	order     = flag.String("order", "rotate", "order of the paths within a round: rotate or shuffle")
+	leverList = flag.String("levers", "", "comma-separated levers to measure as variants (paths.go: "+leverNames()+")")
+	leverOn   = flag.String("lever-paths", "vxnet", "comma-separated paths the levers are tried on")
+	trials    = flag.Int("trials", 5, "docker run → first ping trials per network (0: skip)")
+	profile   = flag.String("profile", "", "directory: record perf -a -g of a 1-stream transfer per path there")
+	profSecs  = flag.Int("profile-seconds", 8, "length of each profiled transfer")
+	waitQuiet = flag.Duration("wait-quiet", 30*time.Minute, "how long to wait for other heavy jobs (scale-bench, qemu, test binaries) to end before measuring")
+	hold      = flag.Bool("hold", false, "keep the lab up after measuring, until interrupted")
+	verbose   = flag.Bool("v", false, "print each measurement")
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "serve":
+			serveMain(os.Args[2:])
+			return
+		case "rr":
+			rrMain(os.Args[2:])
+			return
+		}
+	}
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: run as root (it creates network namespaces)")
@@ -56,62 +101,237 @@ func main() {
 	drv := s.InstallPlugin(*plugin, "bench", func(*lab.Host) []string { return []string{"VXNET_DATA_ADDR=eth1"} })
 	a, b := s.Daemons[0], s.Daemons[1]
 
-	type path struct {
-		name, driver, subnet string
-		gbps                 []float64
-		first                []time.Duration // docker run → first answered ping
-		afterReturn          []time.Duration // docker run returned → first answered ping
-		firstPingOK          int
+	nets := map[string]struct{ driver, subnet string }{
+		"vxnet": {drv, "198.18.80.0/24"},
+		"stock": {"overlay", "198.18.81.0/24"},
 	}
-	paths := []*path{
-		{name: "vxnet", driver: drv, subnet: "198.18.80.0/24"},
-		{name: "stock overlay", driver: "overlay", subnet: "198.18.81.0/24"},
-	}
-	for i, p := range paths {
-		net := fmt.Sprintf("bench%d", i)
-		must(r, a, "network", "create", "-d", p.driver, "--attachable", "--subnet", p.subnet, net)
-		srvIP := p.subnet[:len(p.subnet)-4] + "10"
-		must(r, b, "run", "-d", "--name", "srv"+net, "--network", net, "--ip", srvIP, "busybox:latest", "sleep", "36000")
-		must(r, a, "run", "-d", "--name", "cli"+net, "--network", net, "busybox:latest", "sleep", "36000")
-		srv, cli := pid(r, b, "srv"+net), pid(r, a, "cli"+net)
-		for range *runs {
-			p.gbps = append(p.gbps, iperf(r, []string{"-t", strconv.Itoa(srv), "-n"}, []string{"-t", strconv.Itoa(cli), "-n"}, srvIP))
+	paths := map[string]*path{}
+	for _, name := range []string{"vxnet", "stock"} {
+		n := nets[name]
+		net := "bench-" + name
+		must(r, a, "network", "create", "-d", n.driver, "--attachable", "--subnet", n.subnet, net)
+		srvIP := strings.TrimSuffix(n.subnet, "0/24") + "10"
+		must(r, b, "run", "-d", "--name", "srv-"+name, "--network", net, "--ip", srvIP, "busybox:latest", "sleep", "36000")
+		must(r, a, "run", "-d", "--name", "cli-"+name, "--network", net, "busybox:latest", "sleep", "36000")
+		paths[name] = &path{
+			name: name, base: name, srvIP: srvIP, daemon: [2]*lab.Daemon{a, b},
+			srvNS: []string{"-t", strconv.Itoa(pid(r, b, "srv-"+name)), "-n"},
+			cliNS: []string{"-t", strconv.Itoa(pid(r, a, "cli-"+name)), "-n"},
+			nid:   must(r, a, "network", "inspect", "-f", "{{.Id}}", net),
 		}
-		for k := range *trials {
-			ip := p.subnet[:len(p.subnet)-4] + strconv.Itoa(100+k)
-			name := fmt.Sprintf("new%s-%d", net, k)
-			start := time.Now()
-			must(r, b, "run", "-d", "--name", name, "--network", net, "--ip", ip, "busybox:latest", "sleep", "36000")
-			returned := time.Now()
-			ok, at := firstPing(cli, ip)
-			if ok {
-				p.firstPingOK++
+	}
+	paths["underlay"] = &path{
+		name: "underlay", base: "underlay", srvIP: b.Host.DataAddr, daemon: [2]*lab.Daemon{a, b},
+		srvNS: []string{"--net=" + b.Host.NS.Path()}, cliNS: []string{"--net=" + a.Host.NS.Path()},
+	}
+	all := []*path{paths["vxnet"], paths["stock"], paths["underlay"]}
+	for _, p := range all {
+		startServers(r, p)
+	}
+	for _, ln := range splitList(*leverList) {
+		lv, ok := levers[ln]
+		if !ok {
+			r.Fatalf("unknown lever %q (known: %s)", ln, leverNames())
+		}
+		for _, bn := range splitList(*leverOn) {
+			base, ok := paths[bn]
+			if !ok {
+				r.Fatalf("unknown path %q in -lever-paths", bn)
 			}
-			p.first = append(p.first, at.Sub(start))
-			p.afterReturn = append(p.afterReturn, at.Sub(returned))
-			b.Docker("rm", "-f", name)
+			v := *base
+			l := lv
+			l.name = ln
+			v.name, v.lever = bn+" +"+ln, &l
+			all = append(all, &v)
 		}
 	}
-	under := &path{name: "underlay (host to host)"}
-	for range *runs {
-		under.gbps = append(under.gbps, iperf(r, []string{"--net=" + b.Host.NS.Path()}, []string{"--net=" + a.Host.NS.Path()}, b.Host.DataAddr))
-	}
+	describe(all[:2], a)
 
-	v, st, u := median(paths[0].gbps), median(paths[1].gbps), median(under.gbps)
-	fmt.Printf("\n## Throughput: single TCP stream, %d × %d s, median\n\n", *runs, *secs)
-	fmt.Println("| path | runs (Gbit/s) | median (Gbit/s) |")
-	fmt.Println("|---|---|---|")
-	for _, p := range append(paths, under) {
-		fmt.Printf("| %s | %s | %.2f |\n", p.name, list(p.gbps), median(p.gbps))
+	problems := waitForQuiet(*waitQuiet)
+	start := time.Now()
+	cpuStart := readCPU()
+	res := measure(all, &problems)
+	cpuUsed := readCPU().since(cpuStart)
+	elapsed := time.Since(start)
+
+	report(all, res, elapsed, cpuUsed, problems)
+	if *trials > 0 {
+		firstPings(r, a, b, []*path{paths["vxnet"], paths["stock"]}, nets)
 	}
-	fmt.Printf("\nvxnet / stock overlay = %.2f (goal ≥ 1.10); vxnet / underlay = %.2f (goal ≥ 0.85)\n", v/st, v/u)
-	fmt.Printf("\n## docker run → first answered ping from the other host, %d trials, median\n\n", *trials)
-	fmt.Println("| network | from docker run | from its return | first ping after return answered |")
-	fmt.Println("|---|---|---|---|")
-	for _, p := range paths {
-		fmt.Printf("| %s | %v | %v | %d of %d |\n", p.name, medianDur(p.first), medianDur(p.afterReturn), p.firstPingOK, *trials)
+	if *profile != "" {
+		profilePaths(r, *profile, all)
+	}
+	if *hold {
+		fmt.Printf("\nholding the lab (%s) until interrupted\n", dir)
+		select {}
 	}
 	r.Exit(0)
+}
+
+// results[path][metric] holds one value per round (NaN: not measured).
+type results map[string]map[string][]float64
+
+// measure runs the rounds.
+func measure(all []*path, problems *[]string) results {
+	res := results{}
+	for _, p := range all {
+		res[p.name] = map[string][]float64{}
+		for _, m := range metrics {
+			v := make([]float64, *rounds)
+			for i := range v {
+				v[i] = math.NaN()
+			}
+			res[p.name][m.key] = v
+		}
+	}
+	ts := tests()
+	fmt.Printf("\nmeasuring: %d rounds × %d tests × %d paths\n", *rounds, len(ts), len(all))
+	for round := range *rounds {
+		if busy := busyJobs(); len(busy) > 0 {
+			*problems = append(*problems, fmt.Sprintf("round %d started while %s ran", round+1, strings.Join(busy, ", ")))
+		}
+		t0 := time.Now()
+		for ti, t := range ts {
+			for _, p := range pathOrder(all, round, ti) {
+				if err := p.applyLever(); err != nil {
+					fmt.Printf("  round %d %s %s: lever: %v\n", round+1, t.name, p.name, err)
+					p.revertLever()
+					continue
+				}
+				vals, err := t.run(p)
+				if err2 := p.revertLever(); err2 != nil {
+					fmt.Printf("  round %d %s %s: undoing the lever: %v\n", round+1, t.name, p.name, err2)
+				}
+				if err != nil {
+					fmt.Printf("  round %d %s %s: %v\n", round+1, t.name, p.name, err)
+					continue
+				}
+				for k, v := range vals {
+					res[p.name][k][round] = v
+				}
+				if *verbose {
+					fmt.Printf("  round %d %-10s %-24s %s\n", round+1, t.name, p.name, fmtVals(vals))
+				}
+			}
+		}
+		fmt.Printf("round %d done in %v\n", round+1, time.Since(t0).Round(time.Second))
+	}
+	return res
+}
+
+// pathOrder is the order of the paths for test ti of round: rotated by
+// round and test, so that each path goes first, second and last equally
+// often, or shuffled with -order shuffle.
+func pathOrder(all []*path, round, ti int) []*path {
+	o := slices.Clone(all)
+	if *order == "shuffle" {
+		rand.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
+		return o
+	}
+	k := (round + ti) % len(o)
+	return append(o[k:], o[:k]...)
+}
+
+// busyJobs lists heavy jobs of other people on this machine that would
+// disturb a measurement.
+func busyJobs() []string {
+	var busy []string
+	for _, pat := range []string{"scale-bench", "qemu-system", `\.test( |$)`} {
+		out, _ := exec.Command("pgrep", "-f", "-a", pat).Output()
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && !strings.Contains(line, "pgrep") {
+				busy = append(busy, f[1])
+			}
+		}
+	}
+	slices.Sort(busy)
+	return slices.Compact(busy)
+}
+
+// waitForQuiet waits up to limit for busyJobs to end; it returns what was
+// still running when it gave up, and the load average it saw.
+func waitForQuiet(limit time.Duration) []string {
+	deadline := time.Now().Add(limit)
+	for {
+		busy := busyJobs()
+		if len(busy) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return []string{"measured while " + strings.Join(busy, ", ") + " ran"}
+		}
+		fmt.Printf("waiting for a quiet machine: %s running; load %s\n", strings.Join(busy, ", "), loadavg())
+		time.Sleep(15 * time.Second)
+	}
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// describe prints the VXLAN devices' settings on host d: they decide much
+// of the data path's cost.
+func describe(ps []*path, d *lab.Daemon) {
+	fmt.Println()
+	for _, p := range ps {
+		dev, err := p.vxlanDev(d)
+		if err != nil {
+			fmt.Printf("%s: %v\n", p.name, err)
+			continue
+		}
+		out, _ := p.inOverlay(d, "ip", "-d", "-o", "link", "show", dev)
+		fmt.Printf("%s VXLAN device on %s: %s\n", p.name, d.Host.Name, compact(out))
+		k, _ := p.inOverlay(d, "ethtool", "-k", dev)
+		fmt.Printf("  offloads: %s\n", features(k, "generic-receive-offload", "rx-udp-gro-forwarding", "tx-checksumming", "tcp-segmentation-offload", "generic-segmentation-offload"))
+	}
+	k, _ := d.Host.NS.Exec("ethtool", "-k", "eth1")
+	fmt.Printf("underlay eth1 on %s: %s\n", d.Host.Name, features(k, "generic-receive-offload", "rx-udp-gro-forwarding", "tx-udp_tnl-segmentation", "tx-checksumming"))
+}
+
+func compact(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func features(ethtoolK string, names ...string) string {
+	var out []string
+	for _, n := range names {
+		if v, ok := ethtoolFeature(ethtoolK, n); ok {
+			out = append(out, n+" "+v)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func leverNames() string {
+	var n []string
+	for k := range levers {
+		n = append(n, k)
+	}
+	slices.Sort(n)
+	return strings.Join(n, ", ")
+}
+
+func fmtVals(v map[string]float64) string {
+	var out []string
+	for _, m := range metrics {
+		if x, ok := v[m.key]; ok {
+			out = append(out, fmt.Sprintf("%s=%.*f", m.key, m.prec, x))
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 func must(r *lab.Runner, d *lab.Daemon, args ...string) string {
@@ -128,72 +348,4 @@ func pid(r *lab.Runner, d *lab.Daemon, name string) int {
 		r.Fatalf("%v", err)
 	}
 	return p
-}
-
-// iperf runs one iperf3 test: a one-shot server entered with srvNS
-// (nsenter options), a client entered with cliNS, and returns Gbit/s
-// received.
-func iperf(r *lab.Runner, srvNS, cliNS []string, srvIP string) float64 {
-	srv := exec.Command("nsenter", append(srvNS, "iperf3", "-s", "-1", "-B", srvIP)...)
-	if err := srv.Start(); err != nil {
-		r.Fatalf("iperf3 server: %v", err)
-	}
-	defer srv.Wait()
-	time.Sleep(300 * time.Millisecond)
-	out, err := exec.Command("nsenter", append(cliNS, "iperf3", "-c", srvIP, "-t", strconv.Itoa(*secs), "-J")...).Output()
-	if err != nil {
-		srv.Process.Kill()
-		r.Fatalf("iperf3 client to %s: %v %s", srvIP, err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		r.Fatalf("iperf3 output: %v", err)
-	}
-	g := res.End.SumReceived.BitsPerSecond / 1e9
-	if *verbose {
-		fmt.Printf("  iperf3 to %s: %.2f Gbit/s\n", srvIP, g)
-	}
-	return g
-}
-
-// firstPing pings ip from the network namespace of process pid until an
-// answer comes (10 s at most). It reports whether the first ping was
-// answered and when an answer first came.
-func firstPing(pid int, ip string) (bool, time.Time) {
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; ; i++ {
-		err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ping", "-c", "1", "-W", "1", ip).Run()
-		if err == nil || time.Now().After(deadline) {
-			return err == nil && i == 0, time.Now()
-		}
-	}
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func medianDur(v []time.Duration) time.Duration {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2].Round(time.Millisecond)
-}
-
-func list(v []float64) string {
-	out := ""
-	for i, x := range v {
-		if i > 0 {
-			out += ", "
-		}
-		out += fmt.Sprintf("%.2f", x)
-	}
-	return out
 }

@@ -1,0 +1,77 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vxnet/vxnet/test/lab"
+)
+
+// profilePaths records, for each path, `perf record -a -g` (Debian's
+// linux-perf) over a 1-stream transfer of -profile-seconds, into dir:
+// NAME.data, and beside it NAME.sym.txt (self time by kernel or user
+// symbol), NAME.comm.txt (by command) and NAME.callers.txt (inclusive
+// time of the symbols with their callers). Sender and receiver are
+// simulated hosts on this one kernel, so the profile is system-wide: the
+// transmit path shows under the sending iperf3 process, and much of the
+// receive path does too, run as softirq when the sender's veth hands the
+// packet over (softirq work runs on whichever CPU raised it).
+func profilePaths(r *lab.Runner, dir string, ps []*path) {
+	if _, err := exec.LookPath("perf"); err != nil {
+		fmt.Println("\nprofile: no perf (Debian's linux-perf: make setup)")
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		r.Fatalf("%v", err)
+	}
+	fmt.Printf("\n### Profiles: perf record -a -g, 1 stream for %d s per path, into %s\n", *profSecs, dir)
+	for _, p := range ps {
+		name := strings.ReplaceAll(strings.ReplaceAll(p.name, " ", ""), "+", "_")
+		data := filepath.Join(dir, name+".data")
+		rec := exec.Command("perf", "record", "-a", "-g", "-F", "999", "-o", data, "--", "sleep", strconv.Itoa(*profSecs+1))
+		rec.Stdout, rec.Stderr = nil, nil
+		if err := rec.Start(); err != nil {
+			r.Fatalf("perf record: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		err := p.applyLever()
+		var res iperfResult
+		if err == nil {
+			res, err = iperf(p, *profSecs, 1, "")
+		}
+		p.revertLever()
+		rec.Wait()
+		if err != nil {
+			fmt.Printf("%s: %v\n", p.name, err)
+			continue
+		}
+		fmt.Printf("\n%s: %.2f Gbit/s while profiled; %s\n", p.name, res.Gbps, data)
+		reports := []struct {
+			file string
+			args []string
+		}{
+			{".sym.txt", []string{"--no-children", "--sort", "sym", "-g", "none", "--percent-limit", "0.3"}},
+			{".comm.txt", []string{"--no-children", "--sort", "comm", "-g", "none"}},
+			{".callers.txt", []string{"--children", "--sort", "sym", "-g", "caller,0.5,callee,function,percent", "--percent-limit", "2"}},
+		}
+		for _, rep := range reports {
+			out, err := exec.Command("perf", append([]string{"report", "-i", data, "--stdio", "--quiet"}, rep.args...)...).Output()
+			if err != nil {
+				fmt.Printf("perf report %s: %v\n", rep.file, err)
+				continue
+			}
+			os.WriteFile(filepath.Join(dir, name+rep.file), out, 0o644)
+			if rep.file == ".sym.txt" {
+				lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+				fmt.Println(strings.Join(lines[:min(len(lines), 25)], "\n"))
+			}
+		}
+	}
+}
