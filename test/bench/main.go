@@ -60,8 +60,8 @@ var (
 	bgTime    = flag.Duration("background", time.Second, "how long the machine's background CPU use is measured before each iperf3 test")
 	maxSpread = flag.Float64("max-spread", 0.2, "(max-min)/median of a ratio's rounds above which the run cannot conclude")
 	order     = flag.String("order", "rotate", "order of the paths within a round: rotate or shuffle")
-	leverList = flag.String("levers", "", "comma-separated levers to measure as variants (paths.go: "+leverNames()+")")
-	leverOn   = flag.String("lever-paths", "vxnet", "comma-separated paths the levers are tried on")
+	leverList = flag.String("levers", "", "comma-separated levers to measure as variants, each LEVER or LEVER@PATH+PATH (paths.go: "+leverNames()+")")
+	leverOn   = flag.String("lever-paths", "vxnet", "comma-separated paths a lever without @ is tried on")
 	trials    = flag.Int("trials", 5, "docker run → first ping trials per network (0: skip)")
 	profile   = flag.String("profile", "", "directory: record perf -a -g of a 1-stream transfer per path there")
 	profSecs  = flag.Int("profile-seconds", 8, "length of each profiled transfer")
@@ -128,12 +128,17 @@ func main() {
 	for _, p := range all {
 		startServers(r, p)
 	}
-	for _, ln := range splitList(*leverList) {
+	for _, spec := range splitList(*leverList) {
+		ln, on, ok := strings.Cut(spec, "@")
+		on = strings.ReplaceAll(on, "+", ",")
+		if !ok {
+			on = *leverOn
+		}
 		lv, ok := levers[ln]
 		if !ok {
 			r.Fatalf("unknown lever %q (known: %s)", ln, leverNames())
 		}
-		for _, bn := range splitList(*leverOn) {
+		for _, bn := range splitList(on) {
 			base, ok := paths[bn]
 			if !ok {
 				r.Fatalf("unknown path %q in -lever-paths", bn)
