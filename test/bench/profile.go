@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -43,16 +44,21 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 		time.Sleep(500 * time.Millisecond)
 		err := p.applyLever()
 		var res iperfResult
+		rx0 := rxStats(p.daemon[1].Host)
 		if err == nil {
 			res, err = iperf(p, *profSecs, 1, "")
 		}
+		rx1 := rxStats(p.daemon[1].Host)
 		p.revertLever()
 		rec.Wait()
 		if err != nil {
 			fmt.Printf("%s: %v\n", p.name, err)
 			continue
 		}
-		fmt.Printf("\n%s: %.2f Gbit/s while profiled; %s\n", p.name, res.Gbps, data)
+		fmt.Printf("\n%s: %.2f Gbit/s while profiled (%.1f GB); %s\n", p.name, res.Gbps, res.GB, data)
+		if n := rx1.packets - rx0.packets; n > 0 {
+			fmt.Printf("the receiving host's eth1 received %d packets of %.0f bytes on average\n", n, float64(rx1.bytes-rx0.bytes)/float64(n))
+		}
 		reports := []struct {
 			file string
 			args []string
@@ -74,4 +80,27 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 			}
 		}
 	}
+}
+
+type rxCount struct{ packets, bytes uint64 }
+
+// rxStats reads what h's underlay link, eth1, has received: on veth the
+// sender's GSO packets arrive whole, as one packet each.
+func rxStats(h *lab.Host) rxCount {
+	out, err := h.NS.Exec("ip", "-s", "-j", "link", "show", "eth1")
+	if err != nil {
+		return rxCount{}
+	}
+	var links []struct {
+		Stats64 struct {
+			Rx struct {
+				Bytes   uint64 `json:"bytes"`
+				Packets uint64 `json:"packets"`
+			} `json:"rx"`
+		} `json:"stats64"`
+	}
+	if json.Unmarshal([]byte(out), &links) != nil || len(links) == 0 {
+		return rxCount{}
+	}
+	return rxCount{links[0].Stats64.Rx.Packets, links[0].Stats64.Rx.Bytes}
 }
