@@ -186,6 +186,19 @@ func newTestDriver(t *testing.T) (*Driver, *fakePlane, *fakeStore) {
 	return d, p, s
 }
 
+// watching makes network cid one this node watches, as if a Join were
+// under way, without holding the interest: the first Join holds it.
+func watching(d *Driver, cid string) *netWatch {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w := d.watches[cid]
+	if w == nil {
+		w = d.want(cid)
+		w.users--
+	}
+	return w
+}
+
 // feed hands the driver an update of network n1 (or the one u names) from
 // its etcd watch, as Run's watch does, making the network one this node
 // watches first.
@@ -193,10 +206,8 @@ func feed(d *Driver, u peerdb.Update) []*network {
 	if u.NID == "" {
 		u.NID = "n1"
 	}
-	d.mu.Lock()
-	w := d.want(u.NID)
-	d.mu.Unlock()
-	todo := d.apply(w, u)
+	w := watching(d, u.NID)
+	todo, _ := d.apply(w, u)
 	if u.Reset {
 		w.markLoaded()
 	}
@@ -551,9 +562,7 @@ func TestInterestFollowsAttachment(t *testing.T) {
 	ctx := context.Background()
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	// Not loaded: the node knows no user of n1, so it tells everyone.
-	d.mu.Lock()
-	d.want("n1")
-	d.mu.Unlock()
+	watching(d, "n1")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
 		t.Fatal(err)
 	}

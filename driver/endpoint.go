@@ -274,7 +274,7 @@ func (d *Driver) attach(ctx context.Context, n *network, ep *endpoint, gossiping
 	if first {
 		if err := d.attachNetwork(ctx, n, w, gossiping); err != nil {
 			d.mu.Lock()
-			d.dropInterest(n.cid)
+			d.release(n.cid)
 			d.mu.Unlock()
 			return err
 		}
@@ -370,18 +370,18 @@ func (d *Driver) attachNetwork(ctx context.Context, n *network, w *netWatch, gos
 	return nil
 }
 
-// endView ends the table's view of n, and this node's interest in its
-// cluster network unless another network of it is attached here. d.mu
-// must be held.
+// endView ends n's hold on the table's view of its cluster network and on
+// this node's interest in it: both end with the last network of that
+// cluster ID attached here. d.mu must be held.
 func (d *Driver) endView(n *network) {
 	n.active = false
+	d.release(n.cid)
 	for _, o := range d.networks {
 		if o.cid == n.cid && o.active {
 			return
 		}
 	}
 	d.table.Detach(n.cid)
-	d.dropInterest(n.cid)
 }
 
 // unprotect ends the encryption of an encrypted network whose devices are

@@ -19,7 +19,10 @@ import (
 
 // netWatch is this node's interest in one cluster network.
 type netWatch struct {
-	cid    string
+	cid string
+	// users counts the local networks of the cluster ID that hold the
+	// interest: attached, or attaching (Driver.mu).
+	users  int
 	cancel context.CancelFunc // ends the watch; nil until it runs
 	loaded chan struct{}      // closed once the table holds the network's records from etcd
 	once   sync.Once
@@ -49,14 +52,16 @@ func (d *Driver) nodesAreLoaded() bool {
 // that decoding it took is handed back to the system at once.
 const bigReset = 10000
 
-// want starts this node's interest in network cid, if it has none: the
-// table takes its records from now on, and its watch runs while Run
-// does. d.mu must be held.
+// want takes a hold on this node's interest in network cid, starting it
+// if none: the table takes its records from now on, and its watch runs
+// while Run does. Each hold is given back with release. d.mu must be
+// held.
 func (d *Driver) want(cid string) *netWatch {
 	if w := d.watches[cid]; w != nil {
+		w.users++
 		return w
 	}
-	w := &netWatch{cid: cid, loaded: make(chan struct{})}
+	w := &netWatch{cid: cid, users: 1, loaded: make(chan struct{})}
 	d.watches[cid] = w
 	d.table.Watch(cid)
 	if d.runCtx != nil {
@@ -93,8 +98,9 @@ func (d *Driver) follow(w *netWatch) {
 				} else {
 					d.metrics.peerEvents.WithLabelValues("etcd").Add(float64(len(u.Puts) + len(u.Deletes)))
 				}
-				drainAll(d.apply(w, u))
-				if !u.Reset {
+				todo, taken := d.apply(w, u)
+				drainAll(todo)
+				if !taken || !u.Reset {
 					continue
 				}
 				w.markLoaded()
@@ -107,21 +113,21 @@ func (d *Driver) follow(w *netWatch) {
 	})
 }
 
-// dropInterest ends this node's interest in network cid unless a network
-// of that cluster ID is still attached: its watch stops and the table
-// forgets its records. d.mu must be held.
-func (d *Driver) dropInterest(cid string) {
-	for _, n := range d.networks {
-		if n.cid == cid && n.active {
-			return
-		}
+// release gives back a hold taken by want; the last one ends this node's
+// interest in network cid: its watch stops and the table forgets its
+// records. d.mu must be held.
+func (d *Driver) release(cid string) {
+	w := d.watches[cid]
+	if w == nil {
+		return
 	}
-	if w := d.watches[cid]; w != nil {
-		if w.cancel != nil {
-			w.cancel()
-		}
-		delete(d.watches, cid)
+	if w.users--; w.users > 0 {
+		return
 	}
+	if w.cancel != nil {
+		w.cancel()
+	}
+	delete(d.watches, cid)
 	d.table.Forget(cid)
 }
 

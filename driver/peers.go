@@ -33,7 +33,8 @@ func (d *Driver) Run(ctx context.Context) {
 	d.mu.Lock()
 	d.runCtx = ctx
 	for _, n := range d.networks {
-		if spec, attached := d.viewOf(n.cid); attached {
+		if n.attached > 0 {
+			spec, _ := d.viewOf(n.cid)
 			d.want(n.cid)
 			d.table.Attach(n.cid, spec)
 			n.active = true
@@ -238,13 +239,12 @@ func (d *Driver) applyNodes(u peerdb.NodeUpdate) []*network {
 // watching — removed, moved or missing entries — is put right. An update
 // of a watch that has ended is dropped. It returns the networks whose
 // lanes hold new work.
-func (d *Driver) apply(w *netWatch, u peerdb.Update) []*network {
+func (d *Driver) apply(w *netWatch, u peerdb.Update) (todo []*network, taken bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.watches[w.cid] != w {
-		return nil // the interest ended (and may have started again)
+		return nil, false // the interest ended (and may have started again)
 	}
-	var todo []*network
 	if u.Reset {
 		d.table.ResetNetwork(w.cid, u.Puts)
 		for _, n := range d.networks {
@@ -253,7 +253,7 @@ func (d *Driver) apply(w *netWatch, u peerdb.Update) []*network {
 				todo = append(todo, n)
 			}
 		}
-		return todo
+		return todo, true
 	}
 	for _, k := range u.Deletes {
 		todo = append(todo, d.queueChanges(d.table.DeleteEtcd(k))...)
@@ -261,7 +261,7 @@ func (d *Driver) apply(w *netWatch, u peerdb.Update) []*network {
 	for _, e := range u.Puts {
 		todo = append(todo, d.queueChanges(d.table.PutEtcd(e))...)
 	}
-	return todo
+	return todo, true
 }
 
 // queueChanges queues the table's changes on the lane of every network
