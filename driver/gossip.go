@@ -20,7 +20,8 @@ type Gossiper interface {
 
 const (
 	// etcdWait bounds a Join's or Leave's etcd write when gossip carries
-	// the change anyway: past it, the write is queued and retried.
+	// the change anyway (past it, the write is queued and retried), and a
+	// first Join's wait for its network's records (awaitRecords).
 	etcdWait = 2 * time.Second
 	// etcdWriteTimeout bounds a background write of an own record.
 	etcdWriteTimeout = 10 * time.Second

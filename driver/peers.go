@@ -10,9 +10,14 @@ import (
 	"github.com/vxnet/vxnet/vxlan"
 )
 
-// tickEvery is how often Run retries queued etcd writes and expires what
-// gossip said that etcd never confirmed.
-const tickEvery = time.Second
+const (
+	// tickEvery is how often Run retries queued etcd writes and expires
+	// what gossip said that etcd never confirmed.
+	tickEvery = time.Second
+	// welcomeEvery bounds how often this node sends its records to one
+	// node new on one network.
+	welcomeEvery = peerdb.GossipGrace
+)
 
 // Run applies the records of the networks this node uses to its kernel
 // until ctx ends, and returns once its watches have. Its loop takes the
@@ -53,6 +58,9 @@ func (d *Driver) Run(ctx context.Context) {
 		d.runWatches.Wait()
 	}()
 	var nodesLoaded sync.Once
+	// welcomed is when each (node, network) was last welcomed: at most
+	// once per welcomeEvery, whatever a member announces.
+	welcomed := map[[2]string]time.Time{}
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	for {
@@ -78,10 +86,16 @@ func (d *Driver) Run(ctx context.Context) {
 			g := d.gossip
 			d.mu.Unlock()
 			drainAll(todo)
-			if heard.NewMember && g != nil {
+			if who := [2]string{heard.Node, heard.Key.NID}; heard.NewMember && g != nil && time.Since(welcomed[who]) > welcomeEvery {
+				welcomed[who] = time.Now()
 				d.welcome(g, heard.Key.NID, heard.Node)
 			}
 		case <-tick.C:
+			for who, at := range welcomed {
+				if time.Since(at) > welcomeEvery {
+					delete(welcomed, who)
+				}
+			}
 			d.flushPending(ctx)
 			healthy := d.store.Healthy()
 			d.mu.Lock()

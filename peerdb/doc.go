@@ -74,7 +74,9 @@
 //   - a gossiped change (put or delete) is held beside it, provisionally,
 //     if its version is larger than etcd's record's, than any change heard
 //     before, and than the version of a deletion etcd made (remembered for
-//     TombLife, so a late put cannot bring a record back);
+//     TombLife, and kept while the network is not watched, so a late put
+//     cannot bring a record back); a change whose version is more than
+//     TombLife behind this node's clock is refused (a replay);
 //   - the record in force is the provisional change while its version is
 //     larger than etcd's, else etcd's record. A provisional change goes
 //     once etcd holds its version or newer, and once etcd has answered for

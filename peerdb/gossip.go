@@ -20,12 +20,14 @@ import (
 
 // Gossip is the serf side of the peer table: membership, failure detection
 // and a fan-out of endpoint changes that needs no etcd, so a container
-// started while etcd is unreachable is still known everywhere at once.
-// etcd stays the durable truth; see the merge rule in doc.go.
+// started while etcd is unreachable is still known at once to the hosts
+// using its network (direct.go). etcd stays the durable truth; see the
+// merge rule in doc.go.
 //
 // Two keys guard it. The cluster's gossip key (GossipKey) encrypts and
-// authenticates every serf packet, so a host without it can neither join
-// nor inject. Each node's own Ed25519 key signs every endpoint change it
+// authenticates every serf packet and direct message, so a host without
+// it can neither join nor forge one; what it could replay is refused by
+// version (older than TombLife, or no newer than what the table holds). Each node's own Ed25519 key signs every endpoint change it
 // announces, and its node record in etcd carries the public half, so a
 // member can speak only for its own endpoints (Table.Gossip checks).
 type Gossip struct {
@@ -77,8 +79,9 @@ type GossipConfig struct {
 	// Sign is this node's signing key; its public half must be in the
 	// node's record for others to take its announcements.
 	Sign ed25519.PrivateKey
-	// Updates receives the signed changes other members announce. Sends
-	// block while it is full.
+	// Updates receives the signed changes other members announce:
+	// broadcasts wait while it is full, direct messages are dropped
+	// (etcd brings their changes).
 	Updates chan<- SignedUpdate
 }
 

@@ -9,9 +9,11 @@ import (
 	"strings"
 )
 
-// Everything vxnet writes to etcd, gossips, or saves in its state file
-// carries the schema version of its format, "MAJOR.MINOR", as the first
-// member of its JSON object:
+// Every record vxnet writes to etcd as JSON, every gossip payload and its
+// state file carry the schema version of their format, "MAJOR.MINOR", as
+// the first member of their JSON object (the VNI claims, a bare network
+// ID, and gossip's signed envelope, which only wraps a payload, have
+// none):
 //
 //	{"schema":"1.0", ...}
 //
@@ -72,23 +74,51 @@ func CheckSchema(v Version) error {
 
 var schemaPrefix = []byte(`{"schema":"`)
 
-// SchemaOf returns the version a JSON object says it was written in: its
-// first member, or 1.0 if it has none. An unreadable version counts as
-// newer than any: it cannot be this build's.
+// unreadable stands for a version that cannot be read: newer than any,
+// so it is refused.
+var unreadable = Version{Major: int(^uint(0) >> 1)}
+
+// SchemaOf returns the version a JSON object says it was written in, or
+// 1.0 if it says none. vxnet writes it first, which is read at once;
+// an object encoded otherwise (by hand, by another tool) is searched for
+// a top-level "schema" member. An unreadable version counts as newer
+// than any: it cannot be this build's.
 func SchemaOf(b []byte) Version {
-	rest, ok := bytes.CutPrefix(b, schemaPrefix)
-	if !ok {
-		return legacy
+	if rest, ok := bytes.CutPrefix(b, schemaPrefix); ok {
+		if end := bytes.IndexByte(rest, '"'); end >= 0 {
+			if v, err := ParseVersion(string(rest[:end])); err == nil {
+				return v
+			}
+		}
+		return unreadable
 	}
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
-		return Version{Major: int(^uint(0) >> 1)}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return legacy // not an object: its decoding fails on its own
 	}
-	v, err := ParseVersion(string(rest[:end]))
-	if err != nil {
-		return Version{Major: int(^uint(0) >> 1)}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return legacy
+		}
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return legacy
+		}
+		if key != "schema" {
+			continue
+		}
+		var s string
+		if json.Unmarshal(val, &s) != nil {
+			return unreadable
+		}
+		v, err := ParseVersion(s)
+		if err != nil {
+			return unreadable
+		}
+		return v
 	}
-	return v
+	return legacy
 }
 
 // MarshalVersioned encodes v, a struct, as JSON with this build's schema

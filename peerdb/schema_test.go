@@ -69,3 +69,23 @@ func resign(t *testing.T, n tnode, payload []byte) SignedUpdate {
 	t.Helper()
 	return SignedUpdate{Node: n.Name, Payload: payload, Sig: ed25519.Sign(n.sign, append([]byte(gossipContext), payload...))}
 }
+
+// A newer major written by another tool, not in vxnet's form, is found
+// all the same.
+func TestSchemaFoundAnywhere(t *testing.T) {
+	newer := fmt.Sprintf("%d.0", Schema.Major+1)
+	for _, in := range []string{
+		`{ "schema": "` + newer + `", "NID": "n"}`,
+		"\n" + `{"schema":"` + newer + `"}`,
+		`{"NID":"n","schema":"` + newer + `"}`,
+		`{"NID":"n","schema":2}`,
+	} {
+		var k Key
+		if err := UnmarshalVersioned([]byte(in), &k); !errors.Is(err, ErrNewerSchema) {
+			t.Errorf("UnmarshalVersioned(%q) = %v; want refused", in, err)
+		}
+	}
+	if v := SchemaOf([]byte(`{"NID":"n","x":{"schema":"9.0"}}`)); v != legacy {
+		t.Errorf("a nested schema member read as the record's: %v", v)
+	}
+}

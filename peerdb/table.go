@@ -132,6 +132,9 @@ type Table struct {
 	tombs map[Key]tomb
 	heard map[Key]heard
 	byNet map[string]map[Key]struct{} // every key held, by cluster ID
+	// members caches Members by cluster ID; any change of a network's
+	// records drops its entry (index, dropIfUnheld, Forget).
+	members map[string][]string
 	// watched are the networks (cluster IDs) this node holds records of,
 	// each mapped to itself: records share that one string.
 	watched map[string]string
@@ -150,7 +153,7 @@ func NewTable(self string, log *logrus.Entry) *Table {
 		self: self, log: log, now: time.Now,
 		nodes: map[string]Node{}, addrOwner: map[netip.Addr]string{},
 		etcd: map[Key]Endpoint{}, tombs: map[Key]tomb{}, heard: map[Key]heard{},
-		byNet: map[string]map[Key]struct{}{}, nets: map[string]*netView{}, watched: map[string]string{},
+		byNet: map[string]map[Key]struct{}{}, nets: map[string]*netView{}, watched: map[string]string{}, members: map[string][]string{},
 		pending: map[Key]Op{}, refused: map[string]uint64{}, refusals: map[Key]string{},
 	}
 }
@@ -262,11 +265,9 @@ func (t *Table) Forget(cid string) {
 		delete(t.refusals, k)
 	}
 	delete(t.byNet, cid)
-	for k := range t.tombs {
-		if k.NID == cid {
-			delete(t.tombs, k)
-		}
-	}
+	delete(t.members, cid)
+	// Deletions stay remembered (they expire after TombLife): against a
+	// late or replayed put once the network is watched again.
 }
 
 // ResetNetwork replaces what etcd holds of network cid with puts (all its
@@ -377,14 +378,23 @@ func (t *Table) StoredBy(cid, node string) []Endpoint {
 
 // Members lists the nodes other than this one that have a record in force
 // in network cid: the hosts using it, to which its changes are gossiped.
+// It is computed once per change of the network's records, not per call:
+// every Join and Leave asks.
 func (t *Table) Members(cid string) []string {
+	if m, ok := t.members[cid]; ok {
+		return m
+	}
 	seen := map[string]bool{}
 	for k := range t.byNet[cid] {
 		if e, ok := t.effective(k); ok && e.Node != t.self {
 			seen[e.Node] = true
 		}
 	}
-	return slices.Sorted(maps.Keys(seen))
+	m := slices.Sorted(maps.Keys(seen))
+	if t.Watched(cid) {
+		t.members[cid] = m
+	}
+	return m
 }
 
 // Stored returns the record of k as etcd holds it.
@@ -460,25 +470,30 @@ func (t *Table) Gossip(m SignedUpdate) (Changes, Heard) {
 	case u.Put != nil && u.Del == nil:
 		k = u.Put.Key()
 		u.Version = u.Put.Version
-		if u.Put.Node != m.Node {
-			t.refuse("gossip-owner", k, fmt.Errorf("node %s announced a record of node %.64q", m.Node, u.Put.Node))
-			return nil, Heard{}
-		}
 	case u.Del != nil && u.Put == nil:
 		k = *u.Del
 	default:
 		t.refuse("gossip-undecodable", Key{}, fmt.Errorf("from %s: neither one put nor one delete", m.Node))
 		return nil, Heard{}
 	}
-	if k.NID == "" || k.EID == "" {
-		t.refuse("gossip-undecodable", k, fmt.Errorf("from %s: no network or endpoint ID", m.Node))
+	// Of a network this node does not use nothing is kept, not even a
+	// refusal.
+	if k.NID == "" || k.EID == "" || !t.Watched(k.NID) {
 		return nil, Heard{}
 	}
-	if !t.Watched(k.NID) {
-		return nil, Heard{} // a network this node does not use
+	if u.Put != nil && u.Put.Node != m.Node {
+		t.refuse("gossip-owner", k, fmt.Errorf("node %s announced a record of node %.64q", m.Node, u.Put.Node))
+		return nil, Heard{}
 	}
 	if u.Version > t.maxVersion() {
 		t.refuse("version", k, fmt.Errorf("from %s: version %d is more than %s ahead of this node's clock", m.Node, u.Version, MaxVersionAhead))
+		return nil, Heard{}
+	}
+	// A change older than a deletion is remembered is one replayed (or a
+	// clock far behind): its tomb may be gone, so it could bring back what
+	// was deleted.
+	if u.Version < t.minVersion() {
+		t.refuse("version", k, fmt.Errorf("from %s: version %d is more than %s behind this node's clock (replayed?)", m.Node, u.Version, TombLife))
 		return nil, Heard{}
 	}
 	if cur, ok := t.effective(k); ok && cur.Node != m.Node {
@@ -494,7 +509,9 @@ func (t *Table) Gossip(m SignedUpdate) (Changes, Heard) {
 	if tb, ok := t.tombs[k]; ok && tb.version >= u.Version {
 		return nil, Heard{} // a late put of a deleted record
 	}
-	newMember := m.Broadcast && !slices.Contains(t.Members(k.NID), m.Node)
+	// Only a put can make a node a member: a delete from a stranger must
+	// not draw a welcome, again and again.
+	newMember := m.Broadcast && u.Put != nil && !slices.Contains(t.Members(k.NID), m.Node)
 	h := heard{node: m.Node, version: u.Version, at: t.now()}
 	if u.Put != nil {
 		h.rec = *u.Put
@@ -544,6 +561,14 @@ func laterOf(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+func (t *Table) minVersion() uint64 {
+	v := t.now().Add(-TombLife).UnixNano()
+	if v < 0 {
+		return 0
+	}
+	return uint64(v)
 }
 
 func (t *Table) maxVersion() uint64 {
@@ -624,6 +649,7 @@ func (t *Table) FromGossip(k Key) bool {
 }
 
 func (t *Table) index(k Key) {
+	delete(t.members, k.NID)
 	keys := t.byNet[k.NID]
 	if keys == nil {
 		keys = map[Key]struct{}{}
@@ -633,6 +659,7 @@ func (t *Table) index(k Key) {
 }
 
 func (t *Table) dropIfUnheld(k Key) {
+	delete(t.members, k.NID)
 	_, inEtcd := t.etcd[k]
 	_, isHeard := t.heard[k]
 	if !inEtcd && !isHeard {

@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -373,6 +374,7 @@ func convergeOnce(t *testing.T, seed uint64) {
 			tt.ResetNetwork("net", slices.Collect(mapsValues(etcd)))
 			events = nil
 		}
+		tt.Members("net") // cached from here: every later change must drop it
 		// Deliver some gossip in random order, some twice, some never.
 		r.Shuffle(len(gossip), func(i, j int) { gossip[i], gossip[j] = gossip[j], gossip[i] })
 		for len(gossip) > 0 && r.IntN(3) > 0 {
@@ -406,6 +408,13 @@ func convergeOnce(t *testing.T, seed uint64) {
 	tt.Expire(true)
 	if got, want := tt.desired(), expected(etcd); got != want {
 		t.Errorf("seed %d: kernel\n  %s\nwant what etcd says\n  %s", seed, got, want)
+	}
+	users := map[string]bool{}
+	for _, e := range etcd {
+		users[e.Node] = true
+	}
+	if got, want := tt.Members("net"), slices.Sorted(maps.Keys(users)); !slices.Equal(got, want) {
+		t.Errorf("seed %d: members %v; want the owners of etcd's records %v", seed, got, want)
 	}
 }
 
