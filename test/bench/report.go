@@ -25,7 +25,7 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 	fmt.Printf("machine busy %.0f%% of %d CPUs over the rounds; hypervisor steal %.1f%% of CPU time\n",
 		100*cpu.busy/cpuSecs, runtime.NumCPU(), 100*cpu.steal/cpuSecs)
 	for _, p := range problems {
-		fmt.Println("NOISE:", p)
+		fmt.Println("note:", p)
 	}
 	for name, n := range lost {
 		fmt.Printf("UDP_RR on %s: %d requests unanswered within 200 ms (left out of the latency)\n", name, n)
