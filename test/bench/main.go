@@ -26,7 +26,15 @@
 //     latency p50 and p99 and rate; TCP connections per second (rr.go, this
 //     binary run in the containers' namespaces);
 //
-// and, once per network after the rounds, the time from `docker run` on
+// Clients run on CPU 0 and servers on CPU 1 (taskset; -client-cpus,
+// -server-cpus): each simulated host has a CPU of its own, as two machines
+// would, and where the scheduler puts sender and receiver, which moved
+// single tests by ±15% from round to round in an unpinned run, is the
+// same for every path. Interrupt work runs where it is raised: most of the
+// receiving host's stack runs on the sender's CPU, as softirq after the
+// veth hands a packet over.
+//
+// And, once per network after the rounds, the time from `docker run` on
 // one host to the first answered ping from a container on the other.
 // -levers adds variants of the paths with a setting changed (paths.go),
 // measured in the same rounds; -profile records `perf record -a -g` of a
@@ -51,23 +59,25 @@ import (
 )
 
 var (
-	bin       = flag.String("bin", "bin/vxnet", "the vxnet binary")
-	plugin    = flag.String("plugin", "build/plugin", "the plugin directory (make plugin)")
-	rounds    = flag.Int("rounds", 5, "rounds; each measures every test on every path once")
-	secs      = flag.Int("seconds", 4, "length of each iperf3 test")
-	rrSecs    = flag.Float64("rr-seconds", 2, "length of each request/response test")
-	rate      = flag.String("rate", "2G", "iperf3 -b of the fixed-rate CPU test")
-	bgTime    = flag.Duration("background", time.Second, "how long the machine's background CPU use is measured before each iperf3 test")
-	maxSpread = flag.Float64("max-spread", 0.2, "(max-min)/median of a ratio's rounds above which the run cannot conclude")
-	order     = flag.String("order", "rotate", "order of the paths within a round: rotate or shuffle")
-	leverList = flag.String("levers", "", "comma-separated levers to measure as variants, each LEVER or LEVER@PATH+PATH (paths.go: "+leverNames()+")")
-	leverOn   = flag.String("lever-paths", "vxnet", "comma-separated paths a lever without @ is tried on")
-	trials    = flag.Int("trials", 5, "docker run → first ping trials per network (0: skip)")
-	profile   = flag.String("profile", "", "directory: record perf -a -g of a 1-stream transfer per path there")
-	profSecs  = flag.Int("profile-seconds", 8, "length of each profiled transfer")
-	waitQuiet = flag.Duration("wait-quiet", 30*time.Minute, "how long to wait for other heavy jobs (scale-bench, qemu, test binaries) to end before measuring")
-	hold      = flag.Bool("hold", false, "keep the lab up after measuring, until interrupted")
-	verbose   = flag.Bool("v", false, "print each measurement")
+	bin        = flag.String("bin", "bin/vxnet", "the vxnet binary")
+	plugin     = flag.String("plugin", "build/plugin", "the plugin directory (make plugin)")
+	rounds     = flag.Int("rounds", 5, "rounds; each measures every test on every path once")
+	secs       = flag.Int("seconds", 4, "length of each iperf3 test")
+	rrSecs     = flag.Float64("rr-seconds", 2, "length of each request/response test")
+	rate       = flag.String("rate", "2G", "iperf3 -b of the fixed-rate CPU test")
+	bgTime     = flag.Duration("background", time.Second, "how long the machine's background CPU use is measured before each iperf3 test")
+	clientCPUs = flag.String("client-cpus", "0", "taskset -c list for the clients (empty: not pinned)")
+	serverCPUs = flag.String("server-cpus", "1", "taskset -c list for the servers (empty: not pinned)")
+	maxSpread  = flag.Float64("max-spread", 0.2, "(max-min)/median of a ratio's rounds above which the run cannot conclude")
+	order      = flag.String("order", "rotate", "order of the paths within a round: rotate or shuffle")
+	leverList  = flag.String("levers", "", "comma-separated levers to measure as variants, each LEVER or LEVER@PATH+PATH (paths.go: "+leverNames()+")")
+	leverOn    = flag.String("lever-paths", "vxnet", "comma-separated paths a lever without @ is tried on")
+	trials     = flag.Int("trials", 5, "docker run → first ping trials per network (0: skip)")
+	profile    = flag.String("profile", "", "directory: record perf -a -g of a 1-stream transfer per path there")
+	profSecs   = flag.Int("profile-seconds", 8, "length of each profiled transfer")
+	waitQuiet  = flag.Duration("wait-quiet", 30*time.Minute, "how long to wait for other heavy jobs (scale-bench, qemu, test binaries) to end before measuring")
+	hold       = flag.Bool("hold", false, "keep the lab up after measuring, until interrupted")
+	verbose    = flag.Bool("v", false, "print each measurement")
 )
 
 func main() {

@@ -83,7 +83,7 @@ func (r iperfResult) perGB(s float64) float64 {
 // iperf runs one iperf3 client against the path's server: streams
 // parallel streams, at rate (iperf3 -b; empty: as fast as it goes).
 func iperf(p *path, secs, streams int, rate string) (iperfResult, error) {
-	args := append(p.cliNS, "iperf3", "-c", p.srvIP, "-t", strconv.Itoa(secs), "-J")
+	args := p.client("iperf3", "-c", p.srvIP, "-t", strconv.Itoa(secs), "-J")
 	if streams > 1 {
 		args = append(args, "-P", strconv.Itoa(streams))
 	}
@@ -138,7 +138,7 @@ func rr(p *path, proto string, secs float64) (rrResult, error) {
 	if err != nil {
 		return rrResult{}, err
 	}
-	args := append(p.cliNS, self, "rr", "-proto", proto, "-addr", p.srvIP+":"+strconv.Itoa(rrPort), "-d", fmt.Sprintf("%gs", secs))
+	args := p.client(self, "rr", "-proto", proto, "-addr", p.srvIP+":"+strconv.Itoa(rrPort), "-d", fmt.Sprintf("%gs", secs))
 	out, err := exec.Command("nsenter", args...).CombinedOutput()
 	if err != nil {
 		return rrResult{}, fmt.Errorf("%s rr to %s (%s): %v %s", proto, p.srvIP, p.name, err, tail(out))

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +61,19 @@ func (p *path) inOverlay(d *lab.Daemon, args ...string) (string, error) {
 }
 
 var stockNS = regexp.MustCompile(`^\d+-([0-9a-z]+)$`)
+
+// client is the nsenter arguments that run cmd in the client's namespace,
+// on -client-cpus; server, in the server's, on -server-cpus.
+func (p *path) client(cmd ...string) []string { return pinned(p.cliNS, *clientCPUs, cmd) }
+func (p *path) server(cmd ...string) []string { return pinned(p.srvNS, *serverCPUs, cmd) }
+
+func pinned(ns []string, cpus string, cmd []string) []string {
+	args := slices.Clone(ns)
+	if cpus != "" {
+		args = append(args, "taskset", "-c", cpus)
+	}
+	return append(args, cmd...)
+}
 
 // vxlanDev is the name of the path's VXLAN device on d's host.
 func (p *path) vxlanDev(d *lab.Daemon) (string, error) {
@@ -219,12 +233,12 @@ func startServers(r *lab.Runner, p *path) {
 	if err != nil {
 		r.Fatalf("%v", err)
 	}
-	ip := exec.Command("nsenter", append(p.srvNS, "iperf3", "-s", "-B", p.srvIP)...)
+	ip := exec.Command("nsenter", p.server("iperf3", "-s", "-B", p.srvIP)...)
 	if err := ip.Start(); err != nil {
 		r.Fatalf("iperf3 server for %s: %v", p.name, err)
 	}
 	r.Cleanup(func() { ip.Process.Kill(); ip.Wait() })
-	rr := exec.Command("nsenter", append(p.srvNS, self, "serve", p.srvIP+":"+strconv.Itoa(rrPort))...)
+	rr := exec.Command("nsenter", p.server(self, "serve", p.srvIP+":"+strconv.Itoa(rrPort))...)
 	out, _ := rr.StdoutPipe()
 	rr.Stderr = os.Stderr
 	if err := rr.Start(); err != nil {
