@@ -9,9 +9,10 @@
 // runs every test on every path in turn, the order rotated from round to
 // round and test to test, and every comparison is the median of the
 // per-round ratios (vxnet/stock, vxnet/underlay), reported with their
-// range. A comparison whose ratios spread more than -max-spread around
-// their median, or whose rounds fall on both sides of its goal, is
-// reported as too noisy to conclude. The tests (metrics.go):
+// range. A goal is met when every round meets it and not met when none
+// does; with rounds on both sides the run cannot conclude (a sign test,
+// stats.go), and a spread of the ratios above -max-spread is flagged as
+// too wide. The tests (metrics.go):
 //
 //   - TCP throughput with 1 and with 4 streams (iperf3, run in the
 //     containers' network namespaces, as busybox has no iperf3);
@@ -28,9 +29,9 @@
 //
 // Clients run on CPU 0 and servers on CPU 1 (taskset; -client-cpus,
 // -server-cpus): each simulated host has a CPU of its own, as two machines
-// would, and where the scheduler puts sender and receiver, which moved
-// single tests by ±15% from round to round in an unpinned run, is the
-// same for every path. Interrupt work runs where it is raised: most of the
+// would, and where the scheduler puts sender and receiver is the same for
+// every path (unpinned, the request/response latencies of one path moved
+// by a factor of 3 between runs). Interrupt work runs where it is raised: most of the
 // receiving host's stack runs on the sender's CPU, as softirq after the
 // veth hands a packet over.
 //
@@ -68,7 +69,7 @@ var (
 	bgTime     = flag.Duration("background", time.Second, "how long the machine's background CPU use is measured before each iperf3 test")
 	clientCPUs = flag.String("client-cpus", "0", "taskset -c list for the clients (empty: not pinned)")
 	serverCPUs = flag.String("server-cpus", "1", "taskset -c list for the servers (empty: not pinned)")
-	maxSpread  = flag.Float64("max-spread", 0.2, "(max-min)/median of a ratio's rounds above which the run cannot conclude")
+	maxSpread  = flag.Float64("max-spread", 0.2, "(max-min)/median of a ratio's rounds above which it is flagged as too wide")
 	order      = flag.String("order", "rotate", "order of the paths within a round: rotate or shuffle")
 	leverList  = flag.String("levers", "", "comma-separated levers to measure as variants, each LEVER or LEVER@PATH+PATH (paths.go: "+leverNames()+")")
 	leverOn    = flag.String("lever-paths", "vxnet", "comma-separated paths a lever without @ is tried on")

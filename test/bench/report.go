@@ -59,7 +59,7 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 		fmt.Println(row)
 	}
 
-	fmt.Printf("\n### Ratios: median of the per-round ratios; too wide to conclude when (max−min)/median > %.2f or rounds straddle the goal\n\n", *maxSpread)
+	fmt.Printf("\n### Ratios: median of the per-round ratios; a goal is met when every round meets it, not met when none does; spread (max−min)/median above %.2f is flagged\n\n", *maxSpread)
 	fmt.Println("| metric | ratio | per round | median | min–max | spread | goal | verdict |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	type verdictLine struct{ what, verdict string }

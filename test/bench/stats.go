@@ -99,26 +99,34 @@ func ratios(a, b []float64, maxSpread float64, g *goal) ratioSummary {
 	return rs
 }
 
-// verdict says whether the median ratio meets g, or why the run cannot
-// say: fewer than 3 rounds, a spread wider than the limit, or rounds on
-// both sides of the goal.
+// verdict says whether the goal is met: met when every round meets it,
+// not met when none does, and otherwise that the run cannot conclude. It
+// is a sign test: were the true ratio exactly at the goal, each round
+// would fall on either side with even odds, and all of 5 rounds on one
+// side would happen 1 time in 32. A spread above the run's limit is named
+// beside the verdict: the ratio's median is then only roughly known, even
+// where every round is on one side.
 func (rs ratioSummary) verdict(g goal) string {
-	switch {
-	case rs.N < 3:
+	if rs.N < 3 {
 		return fmt.Sprintf("cannot conclude: %d rounds", rs.N)
-	case rs.TooWide:
-		return fmt.Sprintf("spread too wide to conclude (%.0f%%)", 100*rs.Spread)
-	case rs.StraddlesGoal:
-		met := 0
-		for _, r := range finite(rs.PerRound) {
-			if g.met(r) {
-				met++
-			}
-		}
-		return fmt.Sprintf("cannot conclude: %d of %d rounds meet it", met, rs.N)
-	case g.met(rs.Median):
-		return "**met**"
-	default:
-		return "**not met**"
 	}
+	met := 0
+	for _, r := range finite(rs.PerRound) {
+		if g.met(r) {
+			met++
+		}
+	}
+	var v string
+	switch met {
+	case rs.N:
+		v = "**met** in every round"
+	case 0:
+		v = "**not met** in any round"
+	default:
+		v = fmt.Sprintf("cannot conclude: %d of %d rounds meet it", met, rs.N)
+	}
+	if rs.TooWide {
+		v += fmt.Sprintf("; spread too wide (%.0f%%)", 100*rs.Spread)
+	}
+	return v
 }

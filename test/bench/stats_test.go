@@ -40,9 +40,10 @@ func TestRatiosVerdict(t *testing.T) {
 		a, b []float64
 		want string
 	}{
-		{"met", []float64{13, 13, 13, 13, 13}, []float64{10, 10, 10, 10, 10.2}, "**met**"},
-		{"not met", []float64{11, 11, 11, 11, 11}, []float64{10, 10, 10, 10, 10}, "**not met**"},
-		{"wide", []float64{10, 15, 10, 15, 10}, []float64{10, 10, 10, 10, 10}, "spread too wide"},
+		{"met", []float64{13, 13, 13, 13, 13}, []float64{10, 10, 10, 10, 10.2}, "**met** in every round"},
+		{"not met", []float64{11, 11, 11, 11, 11}, []float64{10, 10, 10, 10, 10}, "**not met** in any round"},
+		{"wide, straddling", []float64{10, 15, 10, 15, 10}, []float64{10, 10, 10, 10, 10}, "2 of 5 rounds meet it; spread too wide (50%)"},
+		{"wide, all met", []float64{13, 17, 13, 17, 13}, []float64{10, 10, 10, 10, 10}, "**met** in every round; spread too wide"},
 		{"straddles", []float64{12.4, 12.6, 12.4, 12.6, 12.6}, []float64{10, 10, 10, 10, 10}, "3 of 5 rounds meet it"},
 		{"too few", []float64{13, math.NaN(), 13}, []float64{10, 10, 0}, "1 rounds"},
 	} {
@@ -53,7 +54,7 @@ func TestRatiosVerdict(t *testing.T) {
 	}
 	atMost := goal{Bound: 0.9}
 	rs := ratios([]float64{80, 82, 81}, []float64{100, 100, 100}, 0.2, &atMost)
-	if got := rs.verdict(atMost); got != "**met**" {
+	if got := rs.verdict(atMost); got != "**met** in every round" {
 		t.Errorf("latency 0.81 of stock against ≤ 0.9: %q; want met", got)
 	}
 }
