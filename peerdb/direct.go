@@ -48,7 +48,8 @@ type directTransport struct {
 	packets chan *memberlist.Packet
 	ring    *memberlist.Keyring
 	deliver func(payload []byte, from net.Addr)
-	stop    chan struct{}
+	closing chan struct{} // closed as Shutdown starts: packets are dropped
+	stop    chan struct{} // closed once the sockets are shut: split ends
 	once    sync.Once
 }
 
@@ -59,7 +60,8 @@ func newDirectTransport(addr string, port int, ring *memberlist.Keyring, deliver
 	if err != nil {
 		return nil, err
 	}
-	t := &directTransport{NetTransport: nt, packets: make(chan *memberlist.Packet), ring: ring, deliver: deliver, stop: make(chan struct{})}
+	t := &directTransport{NetTransport: nt, packets: make(chan *memberlist.Packet), ring: ring, deliver: deliver,
+		closing: make(chan struct{}), stop: make(chan struct{})}
 	go t.split()
 	return t, nil
 }
@@ -82,6 +84,7 @@ func (t *directTransport) split() {
 		}
 		select {
 		case t.packets <- p:
+		case <-t.closing: // memberlist may read no more
 		case <-t.stop:
 			return
 		}
@@ -91,10 +94,16 @@ func (t *directTransport) split() {
 // PacketCh is memberlist's packet stream, without vxnet's packets.
 func (t *directTransport) PacketCh() <-chan *memberlist.Packet { return t.packets }
 
-// Shutdown stops the split and the sockets.
+// Shutdown stops the sockets, then the split: the sockets' readers may be
+// handing it a last packet, which it must take for them to end.
 func (t *directTransport) Shutdown() error {
-	t.once.Do(func() { close(t.stop) })
-	return t.NetTransport.Shutdown()
+	var err error
+	t.once.Do(func() {
+		close(t.closing)
+		err = t.NetTransport.Shutdown()
+		close(t.stop)
+	})
+	return err
 }
 
 // send seals payload under the key in use and sends it to addr

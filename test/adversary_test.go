@@ -46,6 +46,7 @@ func startSerf(t *testing.T, ns nstest.NS, name string, key []byte, addr string)
 		cfg.NodeName = name
 		cfg.MemberlistConfig = ml
 		cfg.LogOutput = io.Discard
+		cfg.UserEventSizeLimit = 2048 // as the plugin's: signed changes exceed serf's default 512
 		var err error
 		if s, err = serf.Create(cfg); err != nil {
 			return err
