@@ -163,7 +163,7 @@ func main() {
 	}
 	describe(all[:2], a)
 
-	problems := waitForQuiet(*waitQuiet)
+	var problems []string
 	start := time.Now()
 	cpuStart := readCPU()
 	res := measure(all, &problems)
@@ -202,9 +202,14 @@ func measure(all []*path, problems *[]string) results {
 	}
 	ts := tests()
 	fmt.Printf("\nmeasuring: %d rounds × %d tests × %d paths\n", *rounds, len(ts), len(all))
+	deadline := time.Now().Add(*waitQuiet)
 	for round := range *rounds {
-		if busy := busyJobs(); len(busy) > 0 {
-			*problems = append(*problems, fmt.Sprintf("round %d started with %s present", round+1, strings.Join(busy, ", ")))
+		// Wait for quiet before every round, not only the first: rounds
+		// are independent, so a pause between them costs nothing.
+		if p := waitForQuiet(time.Until(deadline)); p != nil {
+			*problems = append(*problems, fmt.Sprintf("round %d: %s", round+1, strings.Join(p, "; ")))
+		} else if busy := busyJobs(); len(busy) > 0 {
+			*problems = append(*problems, fmt.Sprintf("round %d started with %s present, idle", round+1, strings.Join(busy, ", ")))
 		}
 		t0 := time.Now()
 		for ti, t := range ts {

@@ -125,11 +125,25 @@ func iperf(p *path, secs, streams int, rate string) (iperfResult, error) {
 	return iperfResult{
 		Gbps:      s.BitsPerSecond / 1e9,
 		GB:        s.Bytes / 1e9,
-		MachineS:  used.busy - bg.busy/bg.wall*used.wall,
+		MachineS:  machineS(used, bg),
 		BgCPUs:    bg.busy / bg.wall,
 		SenderS:   res.End.CPU.Host / 100 * s.Seconds,
 		ReceiverS: res.End.CPU.Remote / 100 * s.Seconds,
 	}, nil
+}
+
+// maxBackground is the background, in CPUs, above which a test's machine
+// CPU figure is not kept: someone else's work that large varies more
+// within a test than the test's own use.
+const maxBackground = 0.25
+
+// machineS is the machine's CPU-seconds during a test less the
+// background bg, or NaN if the background was above maxBackground.
+func machineS(used, bg cpuUse) float64 {
+	if bg.wall <= 0 || bg.busy/bg.wall > maxBackground {
+		return math.NaN()
+	}
+	return used.busy - bg.busy/bg.wall*used.wall
 }
 
 // rr runs `bench rr` in the client's namespace against the path's server.
