@@ -22,18 +22,25 @@ func (h *hookPlane) EnsureNetwork(n vxlan.Network) error {
 	return h.fakePlane.EnsureNetwork(n)
 }
 
-// Two local networks of one cluster ID (two docker networks made with the
-// same -o name on one host): the first Join of n2 races the last Leave of
-// n1. n2 ends attached with no watch and a table that ignores the
-// network: its kernel never gets the network's peers.
+// twinNetwork adds n2 beside n1 with n1's cluster ID, as two docker
+// networks made with the same -o name on one host are.
+func twinNetwork(d *Driver) (n1, n2 *network) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n1 = d.networks["n1"]
+	n2 = &network{nid: "n2", cid: n1.cid, mtu: n1.mtu, subnets: n1.subnets, endpoints: map[string]*endpoint{}}
+	d.networks["n2"] = n2
+	return n1, n2
+}
+
+// Two local networks of one cluster ID: the first Join of n2 races the
+// last Leave of n1. n2 must end attached with the network watched and its
+// peers in its kernel (before interest was held per network, it was left
+// with no watch and an empty kernel).
 func TestSameClusterNetworkFirstJoinRacesLastLeave(t *testing.T) {
 	d, p, _ := newTestDriver(t)
 	ctx := context.Background()
-	d.mu.Lock()
-	n1 := d.networks["n1"]
-	n2 := &network{nid: "n2", cid: n1.cid, mtu: n1.mtu, subnets: n1.subnets, endpoints: map[string]*endpoint{}}
-	d.networks["n2"] = n2
-	d.mu.Unlock()
+	_, n2 := twinNetwork(d)
 	drainAll(feed(d, peerdb.Update{Reset: true, Puts: []peerdb.Endpoint{rec("r1", "198.18.0.5", "192.0.2.12", 1)}}))
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
@@ -65,18 +72,13 @@ func TestSameClusterNetworkFirstJoinRacesLastLeave(t *testing.T) {
 	}
 }
 
-// After a restart, Run marks every network of an attached cluster ID
-// active, also one with no endpoint here: the interest outlives the last
-// Leave of the network that has endpoints, and n2's (absent) namespace
-// gets peer work.
+// After a restart, Run makes active only the networks with endpoints
+// here, not every network of an attached cluster ID: the interest ends
+// with the last Leave of the network that has them.
 func TestRunActivatesOnlyAttachedNetworks(t *testing.T) {
 	d, p, _ := newTestDriver(t)
 	ctx := context.Background()
-	d.mu.Lock()
-	n1 := d.networks["n1"]
-	n2 := &network{nid: "n2", cid: n1.cid, mtu: n1.mtu, subnets: n1.subnets, endpoints: map[string]*endpoint{}}
-	d.networks["n2"] = n2
-	d.mu.Unlock()
+	n1, n2 := twinNetwork(d)
 	d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "")
 	if _, err := d.Join(ctx, "n1", "e1"); err != nil {
 		t.Fatal(err)
