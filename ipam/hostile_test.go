@@ -43,11 +43,14 @@ func TestMalformedPoolIDsAndAddressesTouchNothing(t *testing.T) {
 		"198.18.12.0/31",         // smaller than vxnet makes
 		"198.18.12.0/024",        // not canonical
 		"::ffff:198.18.12.0/120", // IPv4-mapped
-		"fd00::/64",
+		"fd00::1/64",             // not the subnet
+		"fd00::/127",             // smaller than vxnet makes
+		"FD00::/64",              // not canonical
+		"fd00::%a/64",            // a zone
 		pool + "/../x",
 		strings.Repeat("1", 1<<16),
 	} {
-		want := fmt.Sprintf("invalid request: pool %s was not made by vxnet IPAM (want a subnet such as 198.18.0.0/24)", quote(id))
+		want := fmt.Sprintf("invalid request: pool %s was not made by vxnet IPAM (want a subnet such as 198.18.0.0/24 or fd00:1::/64)", quote(id))
 		_, err1 := a.RequestAddress(ctx(t), id, "", mac)
 		_, err2 := a.RequestAddress(ctx(t), id, "198.18.12.3", mac)
 		err3 := a.ReleaseAddress(ctx(t), id, "198.18.12.2")

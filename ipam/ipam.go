@@ -61,8 +61,31 @@ const (
 	optMAC         = "com.docker.network.endpoint.macaddress"
 )
 
-// maxPoolBits is the longest pool prefix: a /30 has two host addresses.
-const maxPoolBits = 30
+// maxPoolBits is the longest IPv4 pool prefix: a /30 has two host
+// addresses. maxPoolBits6 is IPv6's: a /126 has three (the first address
+// of an IPv6 subnet is its routers' anycast address, and there is no
+// broadcast).
+const (
+	maxPoolBits  = 30
+	maxPoolBits6 = 126
+)
+
+// family names the address family of pool requests and errors.
+func family(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// poolOK reports whether p is a pool vxnet serves: of the family asked
+// for, no longer than that family's longest pool.
+func poolOK(p netip.Prefix, v6 bool) bool {
+	if v6 {
+		return p.Addr().Is6() && !p.Addr().Is4In6() && p.Bits() <= maxPoolBits6
+	}
+	return p.Addr().Is4() && p.Bits() <= maxPoolBits
+}
 
 // AddressSpace is the only address space vxnet's IPAM offers.
 const AddressSpace = "vxnet"
@@ -166,22 +189,22 @@ func (a *Allocator) Reclaim(ctx context.Context) {
 // host) with dynamic addresses from subPool if given. It returns the pool
 // ID Docker passes back: the subnet.
 func (a *Allocator) RequestPool(ctx context.Context, pool, subPool string, v6 bool) (string, error) {
-	if v6 {
-		return "", invalid("vxnet IPAM serves IPv4 only: create the network without --ipv6")
-	}
 	if pool == "" {
-		return "", invalid("vxnet IPAM needs --subnet: every host creates the network with the same subnet, which names the shared pool")
+		return "", invalid("vxnet IPAM needs --subnet for each address family: every host creates the network with the same %s subnet, which names the shared pool", family(v6))
 	}
 	p, err := netip.ParsePrefix(pool)
-	if err != nil || !p.Addr().Is4() || p.Bits() > maxPoolBits {
-		return "", invalid("subnet %s: want an IPv4 CIDR of /30 or larger", ids.Quote(pool))
+	if err != nil || !poolOK(p, v6) {
+		if v6 {
+			return "", invalid("subnet %s: want an IPv6 CIDR of /%d or larger, e.g. fd00:1::/64", ids.Quote(pool), maxPoolBits6)
+		}
+		return "", invalid("subnet %s: want an IPv4 CIDR of /%d or larger", ids.Quote(pool), maxPoolBits)
 	}
 	p = p.Masked()
 	var rng netip.Prefix
 	if subPool != "" {
 		r, err := netip.ParsePrefix(subPool)
-		if err != nil || !r.Addr().Is4() || !p.Contains(r.Masked().Addr()) || r.Bits() < p.Bits() {
-			return "", invalid("--ip-range %s is not an IPv4 range inside %s", ids.Quote(subPool), p)
+		if err != nil || r.Addr().Is4() != p.Addr().Is4() || !p.Contains(r.Masked().Addr()) || r.Bits() < p.Bits() {
+			return "", invalid("--ip-range %s is not an %s range inside %s", ids.Quote(subPool), family(v6), p)
 		}
 		rng = r.Masked()
 	}
@@ -324,13 +347,18 @@ func (a *Allocator) ReleaseAddress(ctx context.Context, poolID, addr string) err
 // etcd keys. Anything else was not made by vxnet and is refused.
 func parsePoolID(id string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(id)
-	if err != nil || !p.Addr().Is4() || p.Bits() > maxPoolBits || p != p.Masked() || p.String() != id {
-		return netip.Prefix{}, invalid("pool %s was not made by vxnet IPAM (want a subnet such as 198.18.0.0/24)", ids.Quote(id))
+	if err != nil || !poolOK(p, p.Addr().Is6()) || p != p.Masked() || p.String() != id {
+		return netip.Prefix{}, invalid("pool %s was not made by vxnet IPAM (want a subnet such as 198.18.0.0/24 or fd00:1::/64)", ids.Quote(id))
 	}
 	return p, nil
 }
 
+// broadcast is the broadcast address of an IPv4 pool; IPv6 has none (the
+// zero Addr, which is no host's).
 func broadcast(p netip.Prefix) netip.Addr {
+	if !p.Addr().Is4() {
+		return netip.Addr{}
+	}
 	b := p.Masked().Addr().As4()
 	host := uint32(1)<<(32-p.Bits()) - 1
 	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host

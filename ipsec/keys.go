@@ -179,15 +179,20 @@ const (
 	espICV     = ICVBits / 8
 	espTrailer = 2
 	ipv4Header = 20
+	ipv6Header = 40
 )
 
 // MaxMTU is the largest overlay MTU whose packets, VXLAN-encapsulated and
-// then ESP-protected, fit an underlay MTU of underlay: 1416 for 1500
-// (plain VXLAN: 1450). The protected part — UDP header onwards plus the
-// 2-byte trailer — is padded to 4 bytes, so the result is the largest that
-// needs no padding.
-func MaxMTU(underlay int) int {
-	room := underlay - ipv4Header - espHeader - espIV - espICV // for the padded part
+// then ESP-protected, fit an underlay MTU of underlay with VTEPs like vtep:
+// 1416 for 1500 on IPv4 (plain VXLAN: 1450), 1396 on IPv6 (plain: 1430).
+// The protected part — UDP header onwards plus the 2-byte trailer — is
+// padded to 4 bytes, so the result is the largest that needs no padding.
+func MaxMTU(underlay int, vtep netip.Addr) int {
+	outer := ipv4Header
+	if vtep.Is6() && !vtep.Is4In6() {
+		outer = ipv6Header
+	}
+	room := underlay - outer - espHeader - espIV - espICV // for the padded part
 	room &^= 3
-	return room - espTrailer - (vxlan.Overhead - ipv4Header) // vxlan.Overhead counts the outer IPv4 header
+	return room - espTrailer - (vxlan.OverheadFor(vtep) - outer) // the overhead counts the outer IP header
 }

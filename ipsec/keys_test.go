@@ -161,14 +161,28 @@ func TestCheckEpoch(t *testing.T) {
 }
 
 func TestMaxMTU(t *testing.T) {
-	for _, c := range []struct{ underlay, want int }{{1500, 1416}, {9000, 8916}, {1450, 1364}, {1501, 1416}, {1503, 1416}, {1504, 1420}} {
-		if got := MaxMTU(c.underlay); got != c.want {
-			t.Errorf("MaxMTU(%d) = %d; want %d", c.underlay, got, c.want)
+	v4, v6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	for _, c := range []struct {
+		underlay int
+		vtep     netip.Addr
+		want     int
+	}{
+		{1500, v4, 1416}, {9000, v4, 8916}, {1450, v4, 1364}, {1501, v4, 1416}, {1503, v4, 1416}, {1504, v4, 1420},
+		{1500, v6, 1396}, {9000, v6, 8896}, {1504, v6, 1400},
+	} {
+		if got := MaxMTU(c.underlay, c.vtep); got != c.want {
+			t.Errorf("MaxMTU(%d, %s) = %d; want %d", c.underlay, c.vtep, got, c.want)
 		}
-		// The largest packet fits, one more byte does not.
-		size := func(l int) int { return 20 + 8 + 8 + 16 + ((30 + l + 2 + 3) &^ 3) }
-		if got := MaxMTU(c.underlay); size(got) > c.underlay || size(got+1) <= c.underlay {
-			t.Errorf("MaxMTU(%d) = %d: encrypted size %d, one byte more %d", c.underlay, got, size(got), size(got+1))
+		// The largest packet fits, one more byte does not: outer IP
+		// header, ESP header, IV, ICV, then UDP+VXLAN+Ethernet (30), the
+		// payload and the 2-byte trailer padded to 4.
+		outer := 20
+		if c.vtep.Is6() {
+			outer = 40
+		}
+		size := func(l int) int { return outer + 8 + 8 + 16 + ((30 + l + 2 + 3) &^ 3) }
+		if got := MaxMTU(c.underlay, c.vtep); size(got) > c.underlay || size(got+1) <= c.underlay {
+			t.Errorf("MaxMTU(%d, %s) = %d: encrypted size %d, one byte more %d", c.underlay, c.vtep, got, size(got), size(got+1))
 		}
 	}
 }

@@ -94,14 +94,13 @@ func (k *Kernel) DelSA(src, dst netip.Addr, spi uint32) error {
 
 // SAs lists vxnet's SAs to and from the local address.
 func (k *Kernel) SAs() ([]Installed, error) {
-	list, err := k.h.XfrmStateList(netlink.FAMILY_V4)
+	list, err := k.h.XfrmStateList(k.family())
 	if err != nil {
 		return nil, fmt.Errorf("list SAs: %w", err)
 	}
 	var out []Installed
 	for _, s := range list {
-		src, _ := netip.AddrFromSlice(s.Src.To4())
-		dst, _ := netip.AddrFromSlice(s.Dst.To4())
+		src, dst := addrOf(s.Src), addrOf(s.Dst)
 		if s.Proto != netlink.XFRM_PROTO_ESP || s.Reqid&^reqidEpoch != reqidBase || (src != k.local && dst != k.local) {
 			continue
 		}
@@ -110,10 +109,26 @@ func (k *Kernel) SAs() ([]Installed, error) {
 	return out, nil
 }
 
+// family is the address family of the local VTEP, which every SA and
+// policy of vxnet's on this host has.
+func (k *Kernel) family() int {
+	if k.local.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+// addrOf converts a kernel address (IPv4 possibly 16 bytes long).
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
+
 func (k *Kernel) policy(remote netip.Addr) *netlink.XfrmPolicy {
+	bits := k.local.BitLen()
 	return &netlink.XfrmPolicy{
-		Src:     &net.IPNet{IP: ip(k.local), Mask: net.CIDRMask(32, 32)},
-		Dst:     &net.IPNet{IP: ip(remote), Mask: net.CIDRMask(32, 32)},
+		Src:     &net.IPNet{IP: ip(k.local), Mask: net.CIDRMask(bits, bits)},
+		Dst:     &net.IPNet{IP: ip(remote), Mask: net.CIDRMask(bits, bits)},
 		Proto:   netlink.Proto(syscall.IPPROTO_UDP),
 		DstPort: k.port,
 		Dir:     netlink.XFRM_DIR_OUT,
@@ -148,7 +163,7 @@ func (k *Kernel) DelPolicy(remote netip.Addr) error {
 
 // Policies lists the remote addresses vxnet's policies protect.
 func (k *Kernel) Policies() ([]netip.Addr, error) {
-	list, err := k.h.XfrmPolicyList(netlink.FAMILY_V4)
+	list, err := k.h.XfrmPolicyList(k.family())
 	if err != nil {
 		return nil, fmt.Errorf("list policies: %w", err)
 	}
@@ -157,7 +172,7 @@ func (k *Kernel) Policies() ([]netip.Addr, error) {
 		if p.Dir != netlink.XFRM_DIR_OUT || p.Mark == nil || p.Mark.Value != Mark || p.DstPort != k.port || p.Dst == nil {
 			continue
 		}
-		if a, ok := netip.AddrFromSlice(p.Dst.IP.To4()); ok {
+		if a := addrOf(p.Dst.IP); a.IsValid() {
 			out = append(out, a)
 		}
 	}
@@ -165,15 +180,21 @@ func (k *Kernel) Policies() ([]netip.Addr, error) {
 }
 
 // ErrNoESP says this kernel cannot protect packets the way vxnet does.
-var ErrNoESP = errors.New("this host's kernel cannot install ESP SAs with AES-GCM; encrypted networks need IPsec ESP (CONFIG_INET_ESP, module esp4) and rfc4106(gcm(aes)) (CONFIG_CRYPTO_GCM, module gcm): load them with `modprobe esp4 gcm` or run a kernel built with them")
+var ErrNoESP = errors.New("this host's kernel cannot install ESP SAs with AES-GCM; encrypted networks need IPsec ESP (CONFIG_INET_ESP, module esp4; on an IPv6 underlay CONFIG_INET6_ESP, module esp6) and rfc4106(gcm(aes)) (CONFIG_CRYPTO_GCM, module gcm): load them with `modprobe esp4 esp6 gcm` or run a kernel built with them")
 
-// Probe installs an SA like vxnet's in a throwaway network namespace and
-// reports ErrNoESP, with the kernel's reason, if it cannot. It leaves
-// nothing behind.
-func Probe() error {
+// Probe installs an SA like vxnet's, between IPv4 addresses, in a
+// throwaway network namespace and reports ErrNoESP, with the kernel's
+// reason, if it cannot. It leaves nothing behind.
+func Probe() error { return ProbeFamily(false) }
+
+// ProbeFamily is Probe for SAs between IPv6 addresses if v6.
+func ProbeFamily(v6 bool) error {
 	key := make([]byte, keyLen)
 	rand.Read(key)
 	sa := SA{Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr("192.0.2.2"), SPI: 0x100, Key: key}
+	if v6 {
+		sa.Src, sa.Dst = netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
+	}
 	return nsthread.Run(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("probe ESP: new namespace: %w", err)
@@ -203,7 +224,7 @@ var _ Programmer = Host{}
 // Probe reports whether the kernel can install vxnet's SAs (see Probe) and
 // hold its firewall.
 func (h Host) Probe() error {
-	if err := Probe(); err != nil {
+	if err := ProbeFamily(h.local.Is6()); err != nil {
 		return err
 	}
 	if err := h.Firewall.Ensure(); err != nil {

@@ -79,8 +79,8 @@ func (t *Table) Conflicts() []Conflict {
 			if err := t.checkOwner(e, t.FromGossip(k)); err != nil {
 				continue
 			}
-			if v.reserved[e.IP] {
-				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "ip " + e.IP.String()})
+			if ip, ok := v.reservedAddr(e.Addrs()); ok {
+				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "ip " + ip.String()})
 			} else if v.resMACs[e.MAC] {
 				out = append(out, Conflict{CID: cid, Loser: k, Winner: "this host", What: "mac " + e.MAC})
 			}
@@ -88,10 +88,9 @@ func (t *Table) Conflicts() []Conflict {
 			if !ok {
 				continue
 			}
-			if w := t.winner(v.byIP[c.IP]); w != k {
-				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "ip " + c.IP.String()})
-			} else if w := t.winner(v.byMAC[c.MAC]); w != k {
-				out = append(out, Conflict{CID: cid, Loser: k, Winner: w.EID, What: "mac " + c.MAC})
+			if c := t.lost(v, k, c); c != nil {
+				c.CID = cid
+				out = append(out, *c)
 			}
 		}
 	}
@@ -99,6 +98,30 @@ func (t *Table) Conflicts() []Conflict {
 		return cmp.Or(cmp.Compare(a.CID, b.CID), cmp.Compare(a.What, b.What), cmp.Compare(a.Loser.EID, b.Loser.EID))
 	})
 	return out
+}
+
+// lost names the first claim of candidate k that another one holds: an
+// address, then its MAC.
+func (t *Table) lost(v *netView, k Key, c entry) *Conflict {
+	for _, ip := range c.addrs() {
+		if w := t.winner(v.byIP[ip]); w != k {
+			return &Conflict{Loser: k, Winner: w.EID, What: "ip " + ip.String()}
+		}
+	}
+	if w := t.winner(v.byMAC[c.MAC]); w != k {
+		return &Conflict{Loser: k, Winner: w.EID, What: "mac " + c.MAC}
+	}
+	return nil
+}
+
+// reservedAddr returns the first of addrs this node reserved.
+func (v *netView) reservedAddr(addrs []netip.Addr) (netip.Addr, bool) {
+	for _, a := range addrs {
+		if v.reserved[a] {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func (t *Table) refreshNet(ch Changes, cid string) {
@@ -164,16 +187,63 @@ func (t *Table) candidate(v *netView, k Key) (entry, bool) {
 	if mac == e.MAC {
 		mac = e.MAC // the record's own string: one copy per record, not two
 	}
-	if !inSubnets(v.spec.Subnets, e.IP) {
-		t.refuse("ip", k, fmt.Errorf("address %s is in no subnet of the network, or is a subnet's network or broadcast address", e.IP))
+	if err := t.checkFamily(e); err != nil {
+		t.refuse("vtep-family", k, err)
 		return entry{}, false
 	}
-	if v.reserved[e.IP] || v.resMACs[mac] {
-		t.refuse("reserved", k, fmt.Errorf("address %s or MAC %s belongs to this host (an own endpoint or a gateway)", e.IP, mac))
+	if err := checkAddrs(v.spec.Subnets, e); err != nil {
+		t.refuse("ip", k, err)
+		return entry{}, false
+	}
+	if ip, ok := v.reservedAddr(e.Addrs()); ok || v.resMACs[mac] {
+		if !ok {
+			ip = e.Addrs()[0]
+		}
+		t.refuse("reserved", k, fmt.Errorf("address %s or MAC %s belongs to this host (an own endpoint or a gateway)", ip, mac))
 		return entry{}, false
 	}
 	delete(t.refusals, k)
-	return entry{IP: e.IP, VTEP: e.VTEP, MAC: mac, created: t.etcd[k].CreateRevision}, true
+	return entry{IP: e.IP, IP6: e.IP6, VTEP: e.VTEP, MAC: mac, created: t.etcd[k].CreateRevision}, true
+}
+
+// checkAddrs checks a record's addresses: at least one, the IPv4 one an
+// IPv4 host address and the IPv6 one an IPv6 address, each of a subnet of
+// the network.
+func checkAddrs(subnets []netip.Prefix, e Endpoint) error {
+	switch {
+	case !e.IP.IsValid() && !e.IP6.IsValid():
+		return fmt.Errorf("no address")
+	case e.IP.IsValid() && !e.IP.Is4():
+		return fmt.Errorf("address %s in the IPv4 field", e.IP)
+	case e.IP6.IsValid() && (!e.IP6.Is6() || e.IP6.Is4In6() || e.IP6.Zone() != ""):
+		return fmt.Errorf("address %s in the IPv6 field", e.IP6)
+	}
+	for _, ip := range e.Addrs() {
+		if !inSubnets(subnets, ip) {
+			return fmt.Errorf("address %s is in no subnet of the network, or is a subnet's network or broadcast address", ip)
+		}
+	}
+	return nil
+}
+
+// checkFamily refuses a record whose VTEP is of another address family
+// than this node's: one VXLAN device sends over IPv4 or over IPv6, so the
+// two hosts cannot reach each other's endpoints, and saying so beats
+// programming entries that black-hole.
+func (t *Table) checkFamily(e Endpoint) error {
+	self, ok := t.nodes[t.self]
+	if !ok || self.DataAddr.Is4() == e.VTEP.Is4() {
+		return nil
+	}
+	return fmt.Errorf("node %s's data address %s is %s, this host's %s is %s: VXLAN cannot carry traffic between them; give every host a data address of one family (VXNET_DATA_ADDR)",
+		e.Node, e.VTEP, family(e.VTEP), self.DataAddr, family(self.DataAddr))
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // checkOwner checks that a record speaks for its node: the node has a
@@ -222,7 +292,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // and records the kernel change if that differs from before.
 func (t *Table) settle(ch Changes, cid string, v *netView, k Key) {
 	e, ok := v.cand[k]
-	win := ok && t.winner(v.byIP[e.IP]) == k && t.winner(v.byMAC[e.MAC]) == k
+	win := ok && t.lost(v, k, e) == nil
 	p, was := v.prog[k]
 	switch {
 	case win && was && p.sameKernel(e):
@@ -263,15 +333,19 @@ func (t *Table) winner(keys []Key) Key {
 }
 
 func (v *netView) claim(k Key, e entry) {
-	v.byIP[e.IP] = append(v.byIP[e.IP], k)
+	for _, ip := range e.addrs() {
+		v.byIP[ip] = append(v.byIP[ip], k)
+	}
 	v.byMAC[e.MAC] = append(v.byMAC[e.MAC], k)
 }
 
 func (v *netView) unclaim(k Key, e entry) {
-	if rest := without(v.byIP[e.IP], k); len(rest) > 0 {
-		v.byIP[e.IP] = rest
-	} else {
-		delete(v.byIP, e.IP)
+	for _, ip := range e.addrs() {
+		if rest := without(v.byIP[ip], k); len(rest) > 0 {
+			v.byIP[ip] = rest
+		} else {
+			delete(v.byIP, ip)
+		}
 	}
 	if rest := without(v.byMAC[e.MAC], k); len(rest) > 0 {
 		v.byMAC[e.MAC] = rest
@@ -286,8 +360,10 @@ func without(keys []Key, k Key) []Key {
 }
 
 func (v *netView) claimants(into map[Key]struct{}, e entry) {
-	for _, k := range v.byIP[e.IP] {
-		into[k] = struct{}{}
+	for _, ip := range e.addrs() {
+		for _, k := range v.byIP[ip] {
+			into[k] = struct{}{}
+		}
 	}
 	for _, k := range v.byMAC[e.MAC] {
 		into[k] = struct{}{}
@@ -296,10 +372,10 @@ func (v *netView) claimants(into map[Key]struct{}, e entry) {
 
 // record is the kernel entry of k as a record, for Changes and Desired.
 func (e entry) record(k Key) Endpoint {
-	return Endpoint{NID: k.NID, EID: k.EID, IP: e.IP, MAC: e.MAC, VTEP: e.VTEP}
+	return Endpoint{NID: k.NID, EID: k.EID, IP: e.IP, IP6: e.IP6, MAC: e.MAC, VTEP: e.VTEP}
 }
 
 // samePeer reports whether two records program the same kernel entries.
 func samePeer(a, b Endpoint) bool {
-	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
+	return a.IP == b.IP && a.IP6 == b.IP6 && a.MAC == b.MAC && a.VTEP == b.VTEP
 }

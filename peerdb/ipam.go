@@ -47,11 +47,12 @@ func (e *PoolConflictError) Error() string {
 func poolKey(p netip.Prefix) string { return strings.ReplaceAll(p.String(), "/", "_") }
 
 // checkPool refuses a pool, or an address in it, that cannot be one of
-// vxnet's IPAM before it becomes part of an etcd key: pools are IPv4
-// subnets in canonical form, addresses lie inside them.
+// vxnet's IPAM before it becomes part of an etcd key: pools are IPv4 or
+// IPv6 subnets in canonical form (no zone, no IPv4-mapped IPv6),
+// addresses lie inside them.
 func checkPool(pool netip.Prefix, addrs ...netip.Addr) error {
-	if !pool.IsValid() || !pool.Addr().Is4() || pool != pool.Masked() {
-		return fmt.Errorf("pool %s is not an IPv4 subnet", pool)
+	if !pool.IsValid() || pool.Addr().Is4In6() || pool.Addr().Zone() != "" || pool != pool.Masked() {
+		return fmt.Errorf("pool %s is not an IPv4 or IPv6 subnet", pool)
 	}
 	for _, a := range addrs {
 		if !pool.Contains(a) {

@@ -15,9 +15,11 @@ func TestCheckPool(t *testing.T) {
 	}{
 		{"198.18.0.0/24", nil, true},
 		{"198.18.0.0/24", []string{"198.18.0.7"}, true},
-		{"198.18.0.5/24", nil, false},                           // not masked
-		{"fd00::/64", nil, false},                               // IPv6
-		{"::ffff:198.18.0.0/120", nil, false},                   // IPv4-mapped
+		{"198.18.0.5/24", nil, false},         // not masked
+		{"::ffff:198.18.0.0/120", nil, false}, // IPv4-mapped
+		{"fd00:1::/64", []string{"fd00:1::7"}, true},
+		{"fd00:1::/64", []string{"fd00:2::7"}, false},           // outside
+		{"fd00:1::/64", []string{"198.18.0.7"}, false},          // another family
 		{"198.18.0.0/24", []string{"198.18.1.7"}, false},        // outside
 		{"198.18.0.0/24", []string{"fe80::1%a/b"}, false},       // zone with a slash
 		{"198.18.0.0/24", []string{"::ffff:198.18.0.7"}, false}, // IPv4-mapped

@@ -27,7 +27,8 @@ var ErrVNIsExhausted = errors.New("no free VNI left in the range")
 // maxAllocAttempts bounds retries when concurrent creates race for VNIs.
 const maxAllocAttempts = 50
 
-// AllocateNetwork records network n, giving it one VNI per subnet: the
+// AllocateNetwork records network n, giving it one VNI per IPv4 subnet (one
+// in all for an IPv6-only network, see Segments): the
 // VNIs in want if given (all must be free), else the lowest free ones in
 // rng. The network record and its VNI claims are written in one
 // transaction that succeeds only if none of the keys exists, so no VNI is
@@ -44,7 +45,7 @@ func (s *Store) AllocateNetwork(ctx context.Context, n Network, want []uint32, r
 		}
 		vnis := want
 		if vnis == nil {
-			if vnis, err = s.freeVNIs(ctx, cli, rng, len(n.Subnets)); err != nil {
+			if vnis, err = s.freeVNIs(ctx, cli, rng, Segments(n.Subnets, n.Subnets6)); err != nil {
 				return Network{}, err
 			}
 		}
@@ -95,9 +96,9 @@ func (s *Store) freeOps(n Network) []clientv3.Op {
 type DefinitionError struct{ Existing Network }
 
 func (e *DefinitionError) Error() string {
-	subnets := make([]string, len(e.Existing.Subnets))
-	for i, p := range e.Existing.Subnets {
-		subnets[i] = p.String()
+	var subnets []string
+	for _, p := range slices.Concat(e.Existing.Subnets, e.Existing.Subnets6) {
+		subnets = append(subnets, p.String())
 	}
 	var opts []string
 	for k, v := range e.Existing.Options {
@@ -115,11 +116,11 @@ func (e *DefinitionError) Error() string {
 func (s *Store) JoinNamedNetwork(ctx context.Context, n Network, want []uint32, rng VNIRange, node string) (Network, error) {
 	var out Network
 	for range maxAllocAttempts {
-		rec, err := s.AllocateNetwork(ctx, Network{NID: n.NID, Subnets: n.Subnets, Options: n.Options, Users: []string{node}}, want, rng)
+		rec, err := s.AllocateNetwork(ctx, Network{NID: n.NID, Subnets: n.Subnets, Subnets6: n.Subnets6, Options: n.Options, Users: []string{node}}, want, rng)
 		if err != nil {
 			return Network{}, err
 		}
-		if !slices.Equal(rec.Subnets, n.Subnets) || !maps.Equal(rec.Options, n.Options) {
+		if !slices.Equal(rec.Subnets, n.Subnets) || !slices.Equal(rec.Subnets6, n.Subnets6) || !maps.Equal(rec.Options, n.Options) {
 			return Network{}, &DefinitionError{Existing: rec}
 		}
 		gone := false

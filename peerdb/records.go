@@ -14,9 +14,12 @@ import (
 type Network struct {
 	NID string `json:"nid"`
 	// VNIs holds one VNI per subnet, in the order of Subnets.
-	VNIs    []uint32          `json:"vnis"`
-	Subnets []netip.Prefix    `json:"subnets"`
-	Options map[string]string `json:"options,omitempty"`
+	VNIs    []uint32       `json:"vnis"`
+	Subnets []netip.Prefix `json:"subnets"`
+	// Subnets6 are the network's IPv6 subnets. They share the VNI of its
+	// one IPv4 subnet; an IPv6-only network has one VNI for all of them.
+	Subnets6 []netip.Prefix    `json:"subnets6,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
 	// Users are the nodes that created a standalone (named) network; the
 	// last to delete it frees it. Swarm networks have none.
 	Users []string `json:"users,omitempty"`
@@ -24,9 +27,12 @@ type Network struct {
 
 // Endpoint is the cluster-wide record of one endpoint joined on some node.
 type Endpoint struct {
-	NID  string     `json:"nid"`
-	EID  string     `json:"eid"`
+	NID string `json:"nid"`
+	EID string `json:"eid"`
+	// IP is the endpoint's IPv4 address, IP6 its IPv6 one; an endpoint
+	// has at least one of them.
 	IP   netip.Addr `json:"ip"`
+	IP6  netip.Addr `json:"ip6,omitzero"`
 	MAC  string     `json:"mac"`
 	VTEP netip.Addr `json:"vtep"`
 	Node string     `json:"node"`
@@ -43,6 +49,29 @@ type Endpoint struct {
 	CreateRevision int64 `json:"-"`
 	// Lease is the etcd lease the record is stored under: its owner's.
 	Lease int64 `json:"-"`
+}
+
+// Addrs lists the endpoint's addresses: IPv4 first.
+func (e Endpoint) Addrs() []netip.Addr { return validAddrs(e.IP, e.IP6) }
+
+func validAddrs(v4, v6 netip.Addr) []netip.Addr {
+	out := make([]netip.Addr, 0, 2)
+	if v4.IsValid() {
+		out = append(out, v4)
+	}
+	if v6.IsValid() {
+		out = append(out, v6)
+	}
+	return out
+}
+
+// Segments is how many VNIs a network with these subnets takes: one per
+// IPv4 subnet, or one for all the subnets of an IPv6-only network.
+func Segments(subnets, subnets6 []netip.Prefix) int {
+	if len(subnets) == 0 && len(subnets6) > 0 {
+		return 1
+	}
+	return len(subnets)
 }
 
 // Key identifies an endpoint record.

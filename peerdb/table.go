@@ -92,8 +92,8 @@ type tomb struct {
 // entries. Views keep only this of each record, not the whole record:
 // a node on a large network holds tens of thousands.
 type entry struct {
-	IP, VTEP netip.Addr
-	MAC      string // in net.HardwareAddr.String form
+	IP, IP6, VTEP netip.Addr
+	MAC           string // in net.HardwareAddr.String form
 	// created is etcd's creation revision of the record (0: not in etcd
 	// yet), which orders claims (winner): a change of it must settle them
 	// again, though the kernel entry is the same.
@@ -101,7 +101,12 @@ type entry struct {
 }
 
 // sameKernel reports whether two entries are the same kernel entries.
-func (e entry) sameKernel(o entry) bool { return e.IP == o.IP && e.VTEP == o.VTEP && e.MAC == o.MAC }
+func (e entry) sameKernel(o entry) bool {
+	return e.IP == o.IP && e.IP6 == o.IP6 && e.VTEP == o.VTEP && e.MAC == o.MAC
+}
+
+// addrs lists the entry's addresses, each of which it claims.
+func (e entry) addrs() []netip.Addr { return validAddrs(e.IP, e.IP6) }
 
 // netView is the table's view of one attached network.
 type netView struct {
@@ -636,7 +641,9 @@ func (t *Table) Records(cid string) []Endpoint {
 			out = append(out, e)
 		}
 	}
-	slices.SortFunc(out, func(a, b Endpoint) int { return cmp.Or(a.IP.Compare(b.IP), cmp.Compare(a.EID, b.EID)) })
+	slices.SortFunc(out, func(a, b Endpoint) int {
+		return cmp.Or(a.IP.Compare(b.IP), a.IP6.Compare(b.IP6), cmp.Compare(a.EID, b.EID))
+	})
 	return out
 }
 

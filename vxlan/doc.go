@@ -42,6 +42,20 @@
 // the kernel, so the control plane can compare desired and actual state.
 package vxlan
 
+import "net/netip"
+
 // Overhead is what VXLAN adds to every packet on an IPv4 underlay:
 // outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 const Overhead = 50
+
+// Overhead6 is what VXLAN adds on an IPv6 underlay: the outer IPv6 header
+// is 40 bytes, not 20.
+const Overhead6 = Overhead + 20
+
+// OverheadFor is VXLAN's overhead on an underlay whose VTEP is vtep.
+func OverheadFor(vtep netip.Addr) int {
+	if vtep.Is6() && !vtep.Is4In6() {
+		return Overhead6
+	}
+	return Overhead
+}

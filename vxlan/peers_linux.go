@@ -56,6 +56,9 @@ func (p *Plane) AddPeers(nid string, peers []Peer) error {
 
 // DelPeers removes the entries of peers from the namespace of nid. Entries
 // that are already gone, and a network that is not on this host, are done.
+// The FDB entry of a MAC serves all the peers of that MAC (an endpoint's
+// IPv4 and IPv6 addresses): delete them together, or write the ones that
+// stay again.
 func (p *Plane) DelPeers(nid string, peers []Peer) error {
 	err := p.eachPeer(nid, peers, func(h *netlink.Handle, idx int, pr Peer) error {
 		// A half-programmed peer (as Peers reports it) lacks IP or VTEP.
@@ -107,10 +110,16 @@ func (p *Plane) eachPeer(nid string, peers []Peer, fn func(*netlink.Handle, int,
 	return errors.Join(errs...)
 }
 
+// arpEntry is the neighbour entry of a peer: ARP's for an IPv4 address,
+// neighbour discovery's for an IPv6 one (the VXLAN device answers both).
 func arpEntry(idx int, pr Peer) *netlink.Neigh {
+	family := netlink.FAMILY_V4
+	if pr.IP.Is6() {
+		family = netlink.FAMILY_V6
+	}
 	return &netlink.Neigh{
 		LinkIndex:    idx,
-		Family:       netlink.FAMILY_V4,
+		Family:       family,
 		State:        netlink.NUD_PERMANENT,
 		IP:           pr.IP.AsSlice(),
 		HardwareAddr: pr.MAC,
@@ -153,6 +162,11 @@ func (p *Plane) Peers(nid string) ([]Peer, error) {
 		if err != nil {
 			return nil, err
 		}
+		nds, err := neighList(h, vx.Index, netlink.FAMILY_V6)
+		if err != nil {
+			return nil, err
+		}
+		arps = append(arps, nds...)
 		fdbs, err := neighList(h, vx.Index, unix.AF_BRIDGE)
 		if err != nil {
 			return nil, err
@@ -162,15 +176,14 @@ func (p *Plane) Peers(nid string) ([]Peer, error) {
 			if f.State&netlink.NUD_PERMANENT == 0 || f.IP == nil {
 				continue
 			}
-			a, _ := netip.AddrFromSlice(f.IP.To4())
-			vtepOf[f.HardwareAddr.String()] = a
+			vtepOf[f.HardwareAddr.String()] = addrOf(f.IP)
 		}
 		seen := map[string]bool{}
 		for _, a := range arps {
 			if a.State&netlink.NUD_PERMANENT == 0 {
 				continue
 			}
-			ip, _ := netip.AddrFromSlice(a.IP.To4())
+			ip := addrOf(a.IP)
 			mac := a.HardwareAddr.String()
 			seen[mac] = true
 			out = append(out, Peer{VNI: vni, IP: ip, MAC: a.HardwareAddr, VTEP: vtepOf[mac]})
@@ -189,6 +202,13 @@ func (p *Plane) Peers(nid string) ([]Peer, error) {
 		return a.IP.Compare(b.IP)
 	})
 	return out, nil
+}
+
+// addrOf converts a kernel address: 4 bytes or IPv4-mapped for IPv4, 16
+// for IPv6.
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
 }
 
 func neighList(h *netlink.Handle, idx, family int) ([]netlink.Neigh, error) {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -33,7 +34,10 @@ type Config struct {
 	HostNS string
 }
 
-// Subnet is one IPv4 subnet of an overlay network and the VNI that carries it.
+// Subnet is one subnet of an overlay network and the VNI that carries it.
+// A network's IPv6 subnets share the VNI of its one IPv4 subnet (or of the
+// first IPv6 subnet, on an IPv6-only network): several subnets of one VNI
+// are one link, on which each is on-link.
 type Subnet struct {
 	VNI     uint32
 	Prefix  netip.Prefix
@@ -58,7 +62,7 @@ type Plane struct {
 
 // New returns a Plane for cfg.
 func New(cfg Config) (*Plane, error) {
-	if cfg.NSDir == "" || !cfg.DataAddr.Is4() || cfg.Port <= 0 {
+	if cfg.NSDir == "" || !cfg.DataAddr.IsValid() || cfg.DataAddr.Is4In6() || cfg.Port <= 0 {
 		return nil, fmt.Errorf("vxlan: incomplete config %+v", cfg)
 	}
 	var host netns.NsHandle
@@ -176,18 +180,30 @@ func (p *Plane) EnsureNetwork(n Network) (err error) {
 	}
 	defer h.Close()
 
+	routed := len(n.VNIs()) > 1
 	for _, s := range n.Subnets {
 		vx, err := p.ensureVxlan(h, ns, s.VNI, n.MTU)
 		if err != nil {
 			return err
 		}
-		if len(n.Subnets) > 1 {
+		if routed {
 			if err := ensureGateway(h, ns, vx, s, n.MTU); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// VNIs lists the VNIs of n's subnets, each once, in order.
+func (n Network) VNIs() []uint32 {
+	var out []uint32
+	for _, s := range n.Subnets {
+		if !slices.Contains(out, s.VNI) {
+			out = append(out, s.VNI)
+		}
+	}
+	return out
 }
 
 // ensureVxlan returns the VXLAN device for vni in the namespace behind h,
@@ -261,7 +277,7 @@ func ensureGateway(h *netlink.Handle, ns netns.NsHandle, vx netlink.Link, s Subn
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{
 		IP:   s.Gateway.AsSlice(),
-		Mask: net.CIDRMask(s.Prefix.Bits(), 32),
+		Mask: net.CIDRMask(s.Prefix.Bits(), s.Prefix.Addr().BitLen()),
 	}}
 	if err := h.AddrReplace(l, addr); err != nil {
 		return fmt.Errorf("address %s on %s: %w", addr, name, err)

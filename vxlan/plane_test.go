@@ -50,8 +50,14 @@ func ensure(t *testing.T, h testHost, n Network) {
 // container attaches a new container namespace on h to vni with ip/mac.
 func container(t *testing.T, h testHost, nid string, vni uint32, name, cidr, mac string) nstest.NS {
 	t.Helper()
+	return containerMTU(t, h, nid, vni, name, cidr, mac, 1450)
+}
+
+// containerMTU is container with an interface of the given MTU.
+func containerMTU(t *testing.T, h testHost, nid string, vni uint32, name, cidr, mac string, mtu int) nstest.NS {
+	t.Helper()
 	hw, _ := net.ParseMAC(mac)
-	if err := h.plane.AddEndpoint(nid, vni, name, hw, 1450); err != nil {
+	if err := h.plane.AddEndpoint(nid, vni, name, hw, mtu); err != nil {
 		t.Fatalf("AddEndpoint: %v", err)
 	}
 	c := nstest.New(t, "c")
@@ -214,3 +220,102 @@ func samePeers(a, b []Peer) bool {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// hostsOn makes two simulated hosts on one underlay of the given addresses
+// (IPv4 or IPv6), each with a Plane.
+func hostsOn(t *testing.T, bits int, a1, a2 string) (a, b testHost) {
+	nstest.RequireRoot(t)
+	u := nstest.NewUnderlay(t, bits)
+	mk := func(label, addr string) testHost {
+		ns := nstest.New(t, label)
+		u.Plug(t, ns, "eth0", addr, 0)
+		p, err := New(Config{NSDir: t.TempDir(), DataAddr: netip.MustParseAddr(addr), Port: 4789, HostNS: ns.Path()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return testHost{ns: ns, plane: p, vtep: netip.MustParseAddr(addr)}
+	}
+	return mk("h1", a1), mk("h2", a2)
+}
+
+func TestDualStackOverlayOverAnIPv6Underlay(t *testing.T) {
+	h1, h2 := hostsOn(t, 64, "2001:db8::11", "2001:db8::12")
+	const vni = 16000003
+	// Two IPv6 subnets share the VNI of the IPv4 one: one link.
+	n := Network{NID: "net6", MTU: 1430, Subnets: []Subnet{
+		{VNI: vni, Prefix: netip.MustParsePrefix("198.18.3.0/24")},
+		{VNI: vni, Prefix: netip.MustParsePrefix("fd00:3::/64")},
+		{VNI: vni, Prefix: netip.MustParsePrefix("fd00:4::/64")},
+	}}
+	ensure(t, h1, n)
+	ensure(t, h2, n)
+	if got := n.VNIs(); len(got) != 1 || got[0] != vni {
+		t.Fatalf("VNIs() = %v; want [%d]", got, vni)
+	}
+	c1 := containerMTU(t, h1, "net6", vni, "vxeaaa", "198.18.3.2/24", "02:56:c6:12:03:02", n.MTU)
+	c2 := containerMTU(t, h2, "net6", vni, "vxebbb", "198.18.3.3/24", "02:56:c6:12:03:03", n.MTU)
+	c1.MustIP(t, "addr", "add", "fd00:3::2/64", "dev", "eth0", "nodad")
+	c2.MustIP(t, "addr", "add", "fd00:4::3/64", "dev", "eth0", "nodad")
+	c1.MustIP(t, "route", "add", "fd00:4::/64", "dev", "eth0")
+	c2.MustIP(t, "route", "add", "fd00:3::/64", "dev", "eth0")
+
+	if err := c1.Ping("fd00:4::3", 1); err == nil {
+		t.Fatal("IPv6 crosses hosts with no peers programmed: neighbour discovery floods")
+	}
+	mac1, mac2 := mac(t, "02:56:c6:12:03:02"), mac(t, "02:56:c6:12:03:03")
+	p2 := []Peer{
+		{VNI: vni, IP: netip.MustParseAddr("198.18.3.3"), MAC: mac2, VTEP: h2.vtep},
+		{VNI: vni, IP: netip.MustParseAddr("fd00:4::3"), MAC: mac2, VTEP: h2.vtep},
+	}
+	p1 := []Peer{
+		{VNI: vni, IP: netip.MustParseAddr("198.18.3.2"), MAC: mac1, VTEP: h1.vtep},
+		{VNI: vni, IP: netip.MustParseAddr("fd00:3::2"), MAC: mac1, VTEP: h1.vtep},
+	}
+	if err := h1.plane.AddPeers("net6", p2); err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.plane.AddPeers("net6", p1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.Ping("fd00:4::3", 2); err != nil {
+		t.Fatalf("IPv6 across hosts, over IPv6: %v", err)
+	}
+	if err := c1.Ping("198.18.3.3", 2); err != nil {
+		t.Fatalf("IPv4 across hosts, over IPv6: %v", err)
+	}
+	// The largest packet the overlay MTU allows crosses unfragmented.
+	if err := c1.Ping("fd00:4::3", 1, "-M", "do", "-s", "1382"); err != nil { // 1430 - 40 - 8
+		t.Fatalf("a full-MTU IPv6 packet: %v", err)
+	}
+	if err := c1.Ping("198.18.3.3", 1, "-M", "do", "-s", "1402"); err != nil { // 1430 - 20 - 8
+		t.Fatalf("a full-MTU IPv4 packet: %v", err)
+	}
+	got, err := h1.plane.Peers("net6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !samePeers(got, p2) {
+		t.Fatalf("Peers() = %v; want %v", got, p2)
+	}
+	// Deleting the IPv6 peer alone takes the FDB entry its MAC shares with
+	// the IPv4 one: Peers shows the IPv4 one half-programmed, and writing
+	// it again mends it.
+	if err := h1.plane.DelPeers("net6", p2[1:]); err != nil {
+		t.Fatal(err)
+	}
+	half := p2[0]
+	half.VTEP = netip.Addr{}
+	if got, _ := h1.plane.Peers("net6"); !samePeers(got, []Peer{half}) {
+		t.Fatalf("after deleting the IPv6 peer: Peers() = %v; want %v", got, []Peer{half})
+	}
+	if err := h1.plane.AddPeers("net6", p2[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := h1.plane.Peers("net6"); !samePeers(got, p2[:1]) {
+		t.Fatalf("written again: Peers() = %v; want %v", got, p2[:1])
+	}
+	if err := c1.Ping("198.18.3.3", 1); err != nil {
+		t.Errorf("IPv4 after its peer was written again: %v", err)
+	}
+}

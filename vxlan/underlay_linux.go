@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Underlay is this host's data path: the address VXLAN packets leave from
@@ -19,20 +20,23 @@ type Underlay struct {
 	MTU  int
 }
 
-// ResolveUnderlay finds the underlay from spec: an IPv4 address on one of
-// this host's interfaces, an interface name (its first IPv4 address), or ""
-// for the interface of the IPv4 default route (`ip route show default`).
+// ResolveUnderlay finds the underlay from spec: an IPv4 or IPv6 address on
+// one of this host's interfaces, an interface name (its first IPv4
+// address, or its first global IPv6 address if it has no IPv4 one), or ""
+// for the interface of the default route, IPv4's if there is one, else
+// IPv6's (`ip route show default`, `ip -6 route show default`).
 func ResolveUnderlay(spec string) (Underlay, error) {
 	if addr, err := netip.ParseAddr(spec); err == nil {
-		if !addr.Is4() {
-			return Underlay{}, fmt.Errorf("data address %s: only IPv4 underlays are supported", addr)
+		addr = addr.Unmap()
+		if addr.Is6() && (addr.IsLinkLocalUnicast() || addr.Zone() != "") {
+			return Underlay{}, fmt.Errorf("data address %s is link-local: give a global IPv6 address, routable between hosts", spec)
 		}
 		links, err := netlink.LinkList()
 		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return Underlay{}, fmt.Errorf("list interfaces: %w", err)
 		}
 		for _, l := range links {
-			if a, ok := firstIPv4(l, addr); ok {
+			if a, ok := firstAddr(l, addr); ok {
 				return underlayOf(l, a), nil
 			}
 		}
@@ -48,9 +52,9 @@ func ResolveUnderlay(spec string) (Underlay, error) {
 	if err != nil {
 		return Underlay{}, err
 	}
-	a, ok := firstIPv4(link, netip.Addr{})
+	a, ok := firstAddr(link, netip.Addr{})
 	if !ok {
-		return Underlay{}, fmt.Errorf("interface %s has no IPv4 address to use as VTEP: set VXNET_DATA_ADDR", link.Attrs().Name)
+		return Underlay{}, fmt.Errorf("interface %s has no IPv4 or global IPv6 address to use as VTEP: set VXNET_DATA_ADDR", link.Attrs().Name)
 	}
 	return underlayOf(link, a), nil
 }
@@ -60,16 +64,18 @@ func underlayOf(l netlink.Link, a netip.Addr) Underlay {
 }
 
 func defaultRouteLink() (netlink.Link, error) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return nil, fmt.Errorf("list routes: %w", err)
-	}
-	for _, r := range routes {
-		if (r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) && r.LinkIndex > 0 {
-			return netlink.LinkByIndex(r.LinkIndex)
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlink.RouteList(nil, family)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return nil, fmt.Errorf("list routes: %w", err)
+		}
+		for _, r := range routes {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) && r.LinkIndex > 0 {
+				return netlink.LinkByIndex(r.LinkIndex)
+			}
 		}
 	}
-	return nil, errors.New("no IPv4 default route to take the data interface from: set VXNET_DATA_ADDR to an address or interface")
+	return nil, errors.New("no default route to take the data interface from: set VXNET_DATA_ADDR to an address or interface")
 }
 
 func isZeroMask(m []byte) bool {
@@ -81,20 +87,25 @@ func isZeroMask(m []byte) bool {
 	return true
 }
 
-// firstIPv4 returns want if l holds it, or l's first global IPv4 address if
-// want is zero.
-func firstIPv4(l netlink.Link, want netip.Addr) (netip.Addr, bool) {
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return netip.Addr{}, false
-	}
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok || ip.IsLoopback() {
+// firstAddr returns want if l holds it, or else, if want is zero, l's
+// first IPv4 address, or its first global IPv6 one if it has no IPv4 one.
+// Loopback, link-local and tentative (duplicate address detection still
+// running or failed) addresses are never a VTEP.
+func firstAddr(l netlink.Link, want netip.Addr) (netip.Addr, bool) {
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		addrs, err := netlink.AddrList(l, family)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 			continue
 		}
-		if !want.IsValid() || ip == want {
-			return ip, true
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			ip = ip.Unmap()
+			if !ok || ip.IsLoopback() || ip.IsLinkLocalUnicast() || a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+				continue
+			}
+			if !want.IsValid() || ip == want {
+				return ip, true
+			}
 		}
 	}
 	return netip.Addr{}, false
