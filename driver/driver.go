@@ -147,7 +147,8 @@ type network struct {
 // endpoint is an endpoint created on this node.
 type endpoint struct {
 	eid      string
-	addr     netip.Prefix // IP and subnet length
+	addr     netip.Prefix // IPv4 address and subnet length; zero if none
+	addr6    netip.Prefix // IPv6 address and subnet length; zero if none
 	mac      net.HardwareAddr
 	vni      uint32
 	ifName   string
@@ -173,6 +174,26 @@ func New(cfg Config, plane DataPlane, store PeerStore, enc Encrypter, log *logru
 }
 
 // subnetOf returns the subnet of n that holds ip.
+// ip is the endpoint's address that names it in logs and picks its VNI:
+// IPv4's if it has one.
+func (ep *endpoint) ip() netip.Addr {
+	if ep.addr.IsValid() {
+		return ep.addr.Addr()
+	}
+	return ep.addr6.Addr()
+}
+
+// addrs lists the endpoint's addresses, IPv4 first.
+func (ep *endpoint) addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, p := range []netip.Prefix{ep.addr, ep.addr6} {
+		if p.IsValid() {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
+}
+
 func (n *network) subnetOf(ip netip.Addr) (vxlan.Subnet, bool) {
 	for _, s := range n.subnets {
 		if s.Prefix.Contains(ip) {
@@ -182,14 +203,8 @@ func (n *network) subnetOf(ip netip.Addr) (vxlan.Subnet, bool) {
 	return vxlan.Subnet{}, false
 }
 
-// vnis lists the VNIs of n's subnets.
-func (n *network) vnis() []uint32 {
-	out := make([]uint32, len(n.subnets))
-	for i, s := range n.subnets {
-		out[i] = s.VNI
-	}
-	return out
-}
+// vnis lists the VNIs of n's subnets, each once.
+func (n *network) vnis() []uint32 { return n.spec().VNIs() }
 
 func (n *network) spec() vxlan.Network {
 	return vxlan.Network{NID: n.nid, Subnets: n.subnets, MTU: n.mtu}

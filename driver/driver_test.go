@@ -366,8 +366,11 @@ func TestCreateEndpointReturnsOnlyWhatItFilled(t *testing.T) {
 		t.Errorf("with a MAC given: %q, %v; want nothing filled in", mac, err)
 	}
 	for _, tc := range []struct{ addr, v6, want string }{
-		{"", "", "no IPv4 address"},
-		{"198.18.0.3/24", "fd00::3/64", "IPv4 only"},
+		{"", "", "no address"},
+		{"198.18.0.3/24", "fd00::3/64", "fd00::3 is in no subnet"}, // n1 has no IPv6 subnet
+		{"fd00::3/64", "", "not an IPv4 CIDR"},
+		{"198.18.0.3/24", "198.18.0.4/24", "not an IPv6 CIDR"},
+		{"198.18.0.3/24", "::ffff:198.18.0.4/120", "not an IPv6 CIDR"},
 		{"198.19.0.3/24", "", "in no subnet"},
 	} {
 		if _, err := d.CreateEndpoint(ctx, "n1", "ex", tc.addr, tc.v6, ""); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -8,18 +8,25 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/ids"
 	"github.com/vxnet/vxnet/peerdb"
 )
 
 // ErrNotFound marks calls about a network or endpoint this node never had.
 var ErrNotFound = errors.New("not found")
 
-// macFor derives an endpoint's MAC from its IPv4 address, 02:56 + the four
-// address bytes: locally administered, unique within a subnet, and the same
-// on every replay.
+// macFor derives an endpoint's MAC from its address: 02:56 and the four
+// bytes of its IPv4 address, or for an IPv6-only endpoint 02:57 and the
+// last four of its IPv6 address. Locally administered, unique within a
+// subnet (of IPv6, within the 2^32 addresses vxnet's IPAM hands out from
+// the start of a pool), and the same on every replay.
 func macFor(ip netip.Addr) net.HardwareAddr {
-	b := ip.As4()
-	return net.HardwareAddr{0x02, 0x56, b[0], b[1], b[2], b[3]}
+	if ip.Is4() {
+		b := ip.As4()
+		return net.HardwareAddr{0x02, 0x56, b[0], b[1], b[2], b[3]}
+	}
+	b := ip.As16()
+	return net.HardwareAddr{0x02, 0x57, b[12], b[13], b[14], b[15]}
 }
 
 // ifNameIDLen is how much of an endpoint ID goes into its interface's
@@ -34,15 +41,16 @@ func ifNameFor(eid string) string { return "vxe" + eid[:min(len(eid), ifNameIDLe
 // address; vxnet fills in the MAC if Docker left it empty, and returns
 // only what it filled in.
 func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac string) (string, error) {
-	if addrV6 != "" {
-		return "", invalid("endpoint %s has IPv6 address %s: vxnet carries IPv4 only", eid, addrV6)
+	if addr == "" && addrV6 == "" {
+		return "", invalid("endpoint %s has no address: vxnet needs one from IPAM", eid)
 	}
-	if addr == "" {
-		return "", invalid("endpoint %s has no IPv4 address: vxnet needs one from IPAM", eid)
+	p, err := parseEndpointAddr(addr, false)
+	if err != nil {
+		return "", err
 	}
-	p, err := netip.ParsePrefix(addr)
-	if err != nil || !p.Addr().Is4() {
-		return "", invalid("endpoint address %q is not an IPv4 CIDR", addr)
+	p6, err := parseEndpointAddr(addrV6, true)
+	if err != nil {
+		return "", err
 	}
 	var hw net.HardwareAddr
 	if mac != "" {
@@ -57,20 +65,24 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 	}
 	n.op.Lock()
 	defer n.op.Unlock()
-	s, ok := n.subnetOf(p.Addr())
-	if !ok {
-		return "", invalid("endpoint address %s is in no subnet of network %s", p.Addr(), nid)
+	ep := &endpoint{eid: eid, addr: p, addr6: p6, mac: hw, ifName: ifNameFor(eid)}
+	for _, a := range ep.addrs() {
+		if _, ok := n.subnetOf(a); !ok {
+			return "", invalid("endpoint address %s is in no subnet of network %s", a, nid)
+		}
 	}
+	s, _ := n.subnetOf(ep.ip())
+	ep.vni = s.VNI
 	filled := ""
-	if hw == nil {
-		hw = macFor(p.Addr())
-		filled = hw.String()
+	if ep.mac == nil {
+		ep.mac = macFor(ep.ip())
+		filled = ep.mac.String()
 	}
 	d.mu.Lock()
 	_, replay := n.endpoints[eid]
 	var todo []*network
 	if !replay {
-		n.endpoints[eid] = &endpoint{eid: eid, addr: p, mac: hw, vni: s.VNI, ifName: ifNameFor(eid)}
+		n.endpoints[eid] = ep
 		todo = d.queueView(n) // its address and MAC are this host's now
 	}
 	d.mu.Unlock()
@@ -79,6 +91,23 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 		d.persist()
 	}
 	return filled, nil
+}
+
+// parseEndpointAddr reads an endpoint address Docker gives, ADDR/LEN of the
+// family asked for; "" is none.
+func parseEndpointAddr(s string, v6 bool) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || p.Addr().Is6() != v6 || p.Addr().Is4In6() {
+		fam := "IPv4"
+		if v6 {
+			fam = "IPv6"
+		}
+		return netip.Prefix{}, invalid("endpoint address %s is not an %s CIDR", ids.Quote(s), fam)
+	}
+	return p, nil
 }
 
 // DeleteEndpoint forgets an endpoint and deletes its interface if Docker
@@ -118,16 +147,23 @@ func (d *Driver) EndpointInfo(nid, eid string) (map[string]string, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: endpoint %s", ErrNotFound, eid)
 	}
-	return map[string]string{
-		"ip":   ep.addr.String(),
+	info := map[string]string{
 		"mac":  ep.mac.String(),
 		"vni":  fmt.Sprint(ep.vni),
 		"vtep": d.cfg.Underlay.Addr.String(),
 		"node": d.cfg.Node,
-	}, nil
+	}
+	if ep.addr.IsValid() {
+		info["ip"] = ep.addr.String()
+	}
+	if ep.addr6.IsValid() {
+		info["ip6"] = ep.addr6.String()
+	}
+	return info, nil
 }
 
-// Route is a static route Docker adds in the container.
+// Route is a static route Docker adds in the container: via NextHop, or
+// on-link if NextHop is zero.
 type Route struct {
 	Dst     netip.Prefix
 	NextHop netip.Addr
@@ -177,7 +213,7 @@ func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) 
 		d.detach(n, ep)
 		return JoinResult{}, err
 	}
-	d.log.WithFields(map[string]any{"nid": nid, "eid": eid, "ip": ep.addr.Addr(), "mac": ep.mac}).Info("endpoint joined")
+	d.log.WithFields(map[string]any{"nid": nid, "eid": eid, "ip": ep.addrs(), "mac": ep.mac}).Info("endpoint joined")
 	return res, nil
 }
 
@@ -399,6 +435,7 @@ func (d *Driver) record(n *network, ep *endpoint) peerdb.Endpoint {
 		NID:     n.cid,
 		EID:     ep.eid,
 		IP:      ep.addr.Addr(),
+		IP6:     ep.addr6.Addr(),
 		MAC:     ep.mac.String(),
 		VTEP:    d.cfg.Underlay.Addr,
 		Node:    d.cfg.Node,
@@ -406,16 +443,20 @@ func (d *Driver) record(n *network, ep *endpoint) peerdb.Endpoint {
 	}
 }
 
-// joinResult routes the network's other subnets via the endpoint's own
-// subnet gateway, which lives in the network's namespace.
+// joinResult routes the network's other IPv4 subnets via the endpoint's
+// own subnet gateway, which lives in the network's namespace, and makes
+// the other IPv6 subnets of its link on-link.
 func joinResult(n *network, ep *endpoint) JoinResult {
 	res := JoinResult{SrcName: ep.ifName}
-	if len(n.subnets) < 2 {
-		return res
-	}
-	own, _ := n.subnetOf(ep.addr.Addr())
+	own, _ := n.subnetOf(ep.ip())
+	own6, _ := n.subnetOf(ep.addr6.Addr())
 	for _, s := range n.subnets {
-		if s.VNI != own.VNI && own.Gateway.IsValid() {
+		switch {
+		case s.Prefix.Addr().Is6():
+			if s.Prefix != own6.Prefix {
+				res.Routes = append(res.Routes, Route{Dst: s.Prefix})
+			}
+		case s.VNI != own.VNI && own.Gateway.IsValid():
 			res.Routes = append(res.Routes, Route{Dst: s.Prefix, NextHop: own.Gateway})
 		}
 	}

@@ -18,7 +18,7 @@ type NetworkRequest struct {
 	NID     string
 	Options map[string]string
 	IPv4    []IPAMData
-	HasIPv6 bool
+	IPv6    []IPAMData
 }
 
 // IPAMData is one address pool of a network.
@@ -35,22 +35,22 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	if o.name != "" {
 		return nil, invalid("option %s is for hosts without swarm (VXNET_SCOPE=local); a swarm network is already one network on every host", OptName)
 	}
-	pools, _, err := parseSubnets(req.IPv4, req.HasIPv6)
+	sn, err := parseSubnets(req.IPv4, req.IPv6)
 	if err != nil {
 		return nil, err
 	}
-	if o.vnis != nil && len(o.vnis) != len(pools) {
-		return nil, invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
+	if err := checkVNICount(o, sn); err != nil {
+		return nil, err
 	}
 	if err := d.checkEncryption(o); err != nil {
 		return nil, err
 	}
 	if o.mtu != 0 {
-		if _, err := overlayMTU(o.mtu, o.encrypted); err != nil {
+		if _, err := d.overlayMTU(o.mtu, o.encrypted, len(sn.v6) > 0); err != nil {
 			return nil, err
 		}
 	}
-	rec, err := d.store.AllocateNetwork(ctx, peerdb.Network{NID: req.NID, Subnets: pools, Options: req.Options}, o.vnis, d.cfg.VNIRange)
+	rec, err := d.store.AllocateNetwork(ctx, peerdb.Network{NID: req.NID, Subnets: sn.v4, Subnets6: sn.v6, Options: req.Options}, o.vnis, d.cfg.VNIRange)
 	if err != nil {
 		return nil, allocationError(err)
 	}
@@ -61,6 +61,18 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	out[OptVNIs] = joinVNIs(rec.VNIs)
 	d.log.WithFields(map[string]any{"nid": req.NID, "vni": out[OptVNIs]}).Info("network allocated")
 	return out, nil
+}
+
+// checkVNICount refuses a VNI option that does not give one VNI per
+// segment of the network.
+func checkVNICount(o options, sn subnets) error {
+	if o.vnis == nil || len(o.vnis) == sn.segments() {
+		return nil
+	}
+	if len(sn.v6) > 0 {
+		return invalid("option %s lists %d VNIs: a network with IPv6 is one link and takes one VNI", OptVNIs, len(o.vnis))
+	}
+	return invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(sn.v4))
 }
 
 // allocationError turns refusals of the store into ones naming the fix.
@@ -99,12 +111,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 	if err != nil {
 		return err
 	}
-	pools, gws, err := parseSubnets(req.IPv4, req.HasIPv6)
+	sn, err := parseSubnets(req.IPv4, req.IPv6)
 	if err != nil {
 		return err
 	}
-	if o.vnis != nil && len(o.vnis) != len(pools) {
-		return invalid("option %s lists %d VNIs for %d subnets: give one VNI per subnet", OptVNIs, len(o.vnis), len(pools))
+	if err := checkVNICount(o, sn); err != nil {
+		return err
 	}
 	if err := d.checkEncryption(o); err != nil {
 		return err
@@ -113,7 +125,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 	if underlay == 0 {
 		underlay = d.cfg.Underlay.MTU
 	}
-	mtu, err := overlayMTU(underlay, o.encrypted)
+	mtu, err := d.overlayMTU(underlay, o.encrypted, len(sn.v6) > 0)
 	if err != nil {
 		return err
 	}
@@ -129,7 +141,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 			return nil
 		}
 		cid = "name." + o.name
-		rec, err := d.store.JoinNamedNetwork(ctx, peerdb.Network{NID: cid, Subnets: pools, Options: req.Options}, o.vnis, d.cfg.VNIRange, d.cfg.Node)
+		rec, err := d.store.JoinNamedNetwork(ctx, peerdb.Network{NID: cid, Subnets: sn.v4, Subnets6: sn.v6, Options: req.Options}, o.vnis, d.cfg.VNIRange, d.cfg.Node)
 		if err != nil {
 			return allocationError(err)
 		}
@@ -140,10 +152,13 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 	if o.vnis == nil {
 		return invalid("network %s has no VNI: vxnet networks get theirs from a swarm manager (docker network create on a manager, scope global)", req.NID)
 	}
-	if len(pools) > 1 {
-		for i, g := range gws {
+	if len(o.vnis) != sn.segments() {
+		return invalid("network %s has %d VNIs for %d segments: recreate it", req.NID, len(o.vnis), sn.segments())
+	}
+	if len(sn.v4) > 1 {
+		for i, g := range sn.gws4 {
 			if !g.IsValid() {
-				return invalid("subnet %s has no gateway: a network with several subnets routes between them through each subnet's gateway", pools[i])
+				return invalid("subnet %s has no gateway: a network with several subnets routes between them through each subnet's gateway", sn.v4[i])
 			}
 		}
 	}
@@ -152,8 +167,11 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 			underlay, d.cfg.Underlay.MTU, d.cfg.Underlay.Name)
 	}
 	n := &network{nid: req.NID, cid: cid, mtu: mtu, encrypted: o.encrypted, endpoints: map[string]*endpoint{}}
-	for i, p := range pools {
-		n.subnets = append(n.subnets, vxlan.Subnet{VNI: o.vnis[i], Prefix: p, Gateway: gws[i]})
+	for i, p := range sn.v4 {
+		n.subnets = append(n.subnets, vxlan.Subnet{VNI: o.vnis[i], Prefix: p, Gateway: sn.gws4[i]})
+	}
+	for i, p := range sn.v6 {
+		n.subnets = append(n.subnets, vxlan.Subnet{VNI: o.vnis[0], Prefix: p, Gateway: sn.gws6[i]})
 	}
 
 	d.mu.Lock()
@@ -231,14 +249,20 @@ func (d *Driver) checkEncryption(o options) error {
 }
 
 // overlayMTU is the MTU containers get on an underlay of the given MTU:
-// less VXLAN's overhead, and ESP's too for an encrypted network.
-func overlayMTU(underlay int, encrypted bool) (int, error) {
-	mtu := underlay - vxlan.Overhead
+// less VXLAN's overhead (70 bytes on an IPv6 underlay, 50 on IPv4), and
+// ESP's too for an encrypted network. A network with IPv6 needs IPv6's
+// minimum MTU.
+func (d *Driver) overlayMTU(underlay int, encrypted, v6 bool) (int, error) {
+	vtep := d.cfg.Underlay.Addr
+	mtu := underlay - vxlan.OverheadFor(vtep)
 	if encrypted {
-		mtu = ipsec.MaxMTU(underlay)
+		mtu = ipsec.MaxMTU(underlay, vtep)
 	}
 	if mtu < minIPv4MTU {
 		return 0, invalid("option %s=%d leaves an overlay MTU of %d, below IPv4's %d: give a larger one", OptMTU, underlay, mtu, minIPv4MTU)
+	}
+	if v6 && mtu < minIPv6MTU {
+		return 0, invalid("an underlay MTU of %d leaves an overlay MTU of %d, below IPv6's %d: give a larger %s, or raise the data interface's MTU", underlay, mtu, minIPv6MTU, OptMTU)
 	}
 	return mtu, nil
 }

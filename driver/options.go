@@ -158,25 +158,67 @@ func acceptedList() string {
 	return strings.Join(forms, "; ")
 }
 
-// ipamData is one IPv4 pool as Docker hands it over.
+// ipamData is one address pool as Docker hands it over.
 type ipamData struct {
 	Pool, Gateway string
 }
 
-// parseSubnets reads the pools of a network. vxnet carries IPv4 only.
-func parseSubnets(v4 []ipamData, hasV6 bool) ([]netip.Prefix, []netip.Addr, error) {
-	if hasV6 {
-		return nil, nil, invalid("IPv6 is not supported by vxnet yet: create the network without --ipv6")
+const (
+	// minIPv6MTU is the smallest MTU an IPv6 link may have (RFC 8200).
+	minIPv6MTU = 1280
+	// maxSubnets6 bounds a network's IPv6 subnets: every one is a
+	// connected route in each container.
+	maxSubnets6 = 16
+)
+
+// subnets are a network's pools as Docker gave them, each with its
+// gateway (zero if Docker gave none).
+type subnets struct {
+	v4, v6     []netip.Prefix
+	gws4, gws6 []netip.Addr
+}
+
+// segments is how many VNIs the network takes (peerdb.Segments).
+func (s subnets) segments() int { return peerdb.Segments(s.v4, s.v6) }
+
+// parseSubnets reads the pools of a network: IPv4 ones, IPv6 ones, or
+// both. Its IPv6 subnets share one link with its one IPv4 subnet (or, on an
+// IPv6-only network, with each other): a network with several IPv4
+// subnets routes between them through gateways, which vxnet does for IPv4
+// only, so it takes no IPv6 subnet.
+func parseSubnets(v4, v6 []ipamData) (subnets, error) {
+	var s subnets
+	var err error
+	if len(v4) == 0 && len(v6) == 0 {
+		return s, invalid("no subnet: give one with --subnet")
 	}
-	if len(v4) == 0 {
-		return nil, nil, invalid("no IPv4 subnet: give one with --subnet")
+	if s.v4, s.gws4, err = parsePools(v4, false); err != nil {
+		return s, err
+	}
+	if s.v6, s.gws6, err = parsePools(v6, true); err != nil {
+		return s, err
+	}
+	switch {
+	case len(s.v6) > 0 && len(s.v4) > 1:
+		return s, invalid("a network with IPv6 takes one IPv4 subnet, not %d: vxnet routes between several IPv4 subnets through per-subnet gateways, for IPv4 only; create one network per IPv4 subnet, or give one IPv4 subnet with the IPv6 ones", len(s.v4))
+	case len(s.v6) > maxSubnets6:
+		return s, invalid("%d IPv6 subnets: vxnet takes at most %d per network", len(s.v6), maxSubnets6)
+	}
+	return s, nil
+}
+
+// parsePools reads the pools of one address family.
+func parsePools(data []ipamData, v6 bool) ([]netip.Prefix, []netip.Addr, error) {
+	fam := "IPv4"
+	if v6 {
+		fam = "IPv6"
 	}
 	var pools []netip.Prefix
 	var gws []netip.Addr
-	for _, d := range v4 {
+	for _, d := range data {
 		p, err := netip.ParsePrefix(d.Pool)
-		if err != nil || !p.Addr().Is4() {
-			return nil, nil, invalid("subnet %s is not an IPv4 CIDR", ids.Quote(d.Pool))
+		if err != nil || p.Addr().Is6() != v6 || p.Addr().Is4In6() {
+			return nil, nil, invalid("subnet %s is not an %s CIDR", ids.Quote(d.Pool), fam)
 		}
 		p = p.Masked()
 		for _, q := range pools {
@@ -189,8 +231,8 @@ func parseSubnets(v4 []ipamData, hasV6 bool) ([]netip.Prefix, []netip.Addr, erro
 			g, err := netip.ParsePrefix(d.Gateway)
 			if err != nil {
 				a, err2 := netip.ParseAddr(d.Gateway)
-				if err2 != nil {
-					return nil, nil, invalid("gateway %s is not an IPv4 address", ids.Quote(d.Gateway))
+				if err2 != nil || a.Is6() != v6 {
+					return nil, nil, invalid("gateway %s is not an %s address", ids.Quote(d.Gateway), fam)
 				}
 				g = netip.PrefixFrom(a, p.Bits())
 			}

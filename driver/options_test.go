@@ -54,28 +54,40 @@ func TestParseOptions(t *testing.T) {
 
 func TestParseSubnets(t *testing.T) {
 	for _, tc := range []struct {
-		v4      []ipamData
-		v6      bool
+		v4, v6  []ipamData
 		want    string
 		wantErr string
 	}{
-		{v4: []ipamData{{"198.18.90.0/24", "198.18.90.1/24"}}, want: "[198.18.90.0/24] [198.18.90.1]"},
-		{v4: []ipamData{{"198.18.90.7/24", "198.18.90.1"}, {"198.18.91.0/24", ""}}, want: "[198.18.90.0/24 198.18.91.0/24] [198.18.90.1 invalid IP]"},
+		{v4: []ipamData{{"198.18.90.0/24", "198.18.90.1/24"}}, want: "[198.18.90.0/24] [198.18.90.1] [] []"},
+		{v4: []ipamData{{"198.18.90.7/24", "198.18.90.1"}, {"198.18.91.0/24", ""}}, want: "[198.18.90.0/24 198.18.91.0/24] [198.18.90.1 invalid IP] [] []"},
 		{v4: nil, wantErr: "--subnet"},
-		{v4: []ipamData{{"198.18.90.0/24", ""}}, v6: true, wantErr: "IPv6"},
+		{v4: []ipamData{{"198.18.90.0/24", ""}}, v6: []ipamData{{"fd00:1::/64", "fd00:1::1"}, {"fd00:2::/64", ""}},
+			want: "[198.18.90.0/24] [invalid IP] [fd00:1::/64 fd00:2::/64] [fd00:1::1 invalid IP]"},
+		{v6: []ipamData{{"fd00:1::/64", ""}}, want: "[] [] [fd00:1::/64] [invalid IP]"},
+		{v4: []ipamData{{"198.18.90.0/24", ""}, {"198.18.91.0/24", ""}}, v6: []ipamData{{"fd00:1::/64", ""}}, wantErr: "takes one IPv4 subnet"},
+		{v6: []ipamData{{"198.18.90.0/24", ""}}, wantErr: "not an IPv6 CIDR"},
+		{v4: []ipamData{{"fd00:1::/64", ""}}, wantErr: "not an IPv4 CIDR"},
+		{v6: []ipamData{{"::ffff:198.18.0.0/120", ""}}, wantErr: "not an IPv6 CIDR"},
+		{v6: []ipamData{{"fd00:1::/64", "198.18.0.1"}}, wantErr: "not an IPv6 address"},
+		{v6: []ipamData{{"fd00:1::/64", "fd00:2::1"}}, wantErr: "outside subnet"},
+		{v6: []ipamData{{"fd00::/48", ""}, {"fd00:0:0:1::/64", ""}}, wantErr: "overlap"},
 		{v4: []ipamData{{"198.18.0.0/16", ""}, {"198.18.90.0/24", ""}}, wantErr: "overlap"},
 		{v4: []ipamData{{"198.18.90.0/24", "198.18.91.1/24"}}, wantErr: "outside subnet"},
 		{v4: []ipamData{{"nonsense", ""}}, wantErr: "not an IPv4 CIDR"},
 	} {
-		p, g, err := parseSubnets(tc.v4, tc.v6)
+		s, err := parseSubnets(tc.v4, tc.v6)
 		if tc.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("parseSubnets(%v) = %v; want error containing %q", tc.v4, err, tc.wantErr)
+				t.Errorf("parseSubnets(%v, %v) = %v; want error containing %q", tc.v4, tc.v6, err, tc.wantErr)
 			}
 			continue
 		}
-		if got := fmt.Sprint(p, " ", g); got != tc.want {
-			t.Errorf("parseSubnets(%v) = %s; want %s", tc.v4, got, tc.want)
+		if err != nil {
+			t.Errorf("parseSubnets(%v, %v): %v", tc.v4, tc.v6, err)
+			continue
+		}
+		if got := fmt.Sprint(s.v4, " ", s.gws4, " ", s.v6, " ", s.gws6); got != tc.want {
+			t.Errorf("parseSubnets(%v, %v) = %s; want %s", tc.v4, tc.v6, got, tc.want)
 		}
 	}
 }

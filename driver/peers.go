@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -334,9 +335,16 @@ func (d *Driver) reconcile(n *network, want []vxlan.Peer) {
 			stale = append(stale, p)
 		}
 	}
+	// A stale entry's MAC may be one a wanted entry shares (an endpoint's
+	// other address): its FDB entry goes with the stale one, so that one
+	// is written again.
+	staleMAC := make(map[string]bool, len(stale))
+	for _, p := range stale {
+		staleMAC[fmt.Sprint(p.VNI, p.MAC)] = true
+	}
 	var missing []vxlan.Peer
 	for _, p := range want {
-		if !present[p.String()] {
+		if !present[p.String()] || staleMAC[fmt.Sprint(p.VNI, p.MAC)] {
 			missing = append(missing, p)
 		}
 	}
@@ -374,23 +382,29 @@ func (d *Driver) program(n *network, del, add []vxlan.Peer, written []time.Time)
 }
 
 // kernelPeers turns records the table let through into kernel entries on
-// the VXLAN device of their subnet.
+// the VXLAN device of their subnet: one neighbour entry per address (all
+// on one VNI), with the FDB entry of their MAC.
 func (d *Driver) kernelPeers(n *network, recs []peerdb.Endpoint) []vxlan.Peer {
 	out := make([]vxlan.Peer, 0, len(recs))
 	for _, e := range recs {
-		s, ok := n.subnetOf(e.IP)
 		mac, err := net.ParseMAC(e.MAC)
-		if !ok || err != nil {
-			continue // the table checked both; a network redefined meanwhile
+		if err != nil {
+			continue // the table checked it
 		}
-		out = append(out, vxlan.Peer{VNI: s.VNI, IP: e.IP, MAC: mac, VTEP: e.VTEP})
+		for _, ip := range e.Addrs() {
+			s, ok := n.subnetOf(ip)
+			if !ok {
+				continue // the table checked it; a network redefined meanwhile
+			}
+			out = append(out, vxlan.Peer{VNI: s.VNI, IP: ip, MAC: mac, VTEP: e.VTEP})
+		}
 	}
 	return out
 }
 
 // samePeer reports whether two records program the same kernel entries.
 func samePeer(a, b peerdb.Endpoint) bool {
-	return a.IP == b.IP && a.MAC == b.MAC && a.VTEP == b.VTEP
+	return a.IP == b.IP && a.IP6 == b.IP6 && a.MAC == b.MAC && a.VTEP == b.VTEP
 }
 
 // viewOf tells the table what network cid is on this node: its subnets,
@@ -411,7 +425,7 @@ func (d *Driver) viewOf(cid string) (peerdb.NetworkSpec, bool) {
 			}
 		}
 		for _, ep := range n.endpoints {
-			spec.Reserved = append(spec.Reserved, ep.addr.Addr())
+			spec.Reserved = append(spec.Reserved, ep.addrs()...)
 			spec.ReservedMACs = append(spec.ReservedMACs, ep.mac.String())
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/internal/ids"
 	"github.com/vxnet/vxnet/peerdb"
-	"github.com/vxnet/vxnet/vxlan"
 )
 
 // restoreWait bounds how long Restore waits for etcd when the state file
@@ -172,14 +171,14 @@ func (d *Driver) repairEndpoints(r *restoring, own map[string][]peerdb.Endpoint)
 					ep.attached = present
 					d.addEndpoint(n, ep)
 					r.recovered++
-					log.WithField("ip", ep.addr.Addr()).Info("node state: recovered an endpoint from its record in etcd")
+					log.WithField("ip", ep.ip()).Info("node state: recovered an endpoint from its record in etcd")
 					continue
 				}
 			}
 			good := se
 			good.MAC = "02:00:00:00:00:01" // stands in to check the rest
 			if ep, err := d.checkEndpoint(r, n, good); err == nil {
-				ep.mac = macFor(ep.addr.Addr())
+				ep.mac = macFor(ep.ip())
 				ep.attached = se.Attached && present
 				d.addEndpoint(n, ep)
 				r.repaired++
@@ -269,7 +268,7 @@ func (d *Driver) rebuildNetwork(r *restoring, nid string, own map[string][]peerd
 
 // networkFromRecord makes a network from its record in etcd, as
 // CreateNetwork made it from Docker's request. Gateways are not in the
-// record: a network of several subnets, which needs them, is refused.
+// record: a network of several IPv4 subnets, which needs them, is refused.
 func (d *Driver) networkFromRecord(nid string, rec peerdb.Network) (*network, error) {
 	if rec.NID != nid {
 		return nil, fmt.Errorf("its record names network %s", ids.Quote(rec.NID))
@@ -278,22 +277,26 @@ func (d *Driver) networkFromRecord(nid string, rec peerdb.Network) (*network, er
 	if err != nil {
 		return nil, err
 	}
-	if len(rec.Subnets) != 1 || len(rec.VNIs) != 1 {
-		return nil, fmt.Errorf("%d subnets and %d VNIs: only a network of one subnet is rebuilt (the gateways were only in the state)", len(rec.Subnets), len(rec.VNIs))
+	if len(rec.Subnets) > 1 || len(rec.VNIs) != 1 || len(rec.Subnets)+len(rec.Subnets6) == 0 {
+		return nil, fmt.Errorf("%d IPv4 subnets and %d VNIs: only a network of one link is rebuilt (the gateways were only in the state)", len(rec.Subnets), len(rec.VNIs))
 	}
 	underlay := o.mtu
 	if underlay == 0 {
 		underlay = d.cfg.Underlay.MTU
 	}
-	mtu, err := overlayMTU(underlay, o.encrypted)
+	mtu, err := d.overlayMTU(underlay, o.encrypted, len(rec.Subnets6) > 0)
 	if err != nil {
 		return nil, err
 	}
-	n := &network{nid: rec.NID, cid: rec.NID, mtu: mtu, encrypted: o.encrypted, endpoints: map[string]*endpoint{},
-		subnets: []vxlan.Subnet{{VNI: rec.VNIs[0], Prefix: rec.Subnets[0].Masked()}}}
-	if _, err := d.checkNetwork(looseNetwork{NID: n.nid, Subnets: []looseSubnet{{VNI: n.subnets[0].VNI, Prefix: n.subnets[0].Prefix.String()}}}); err != nil {
+	loose := looseNetwork{NID: rec.NID}
+	for _, p := range slices.Concat(rec.Subnets, rec.Subnets6) {
+		loose.Subnets = append(loose.Subnets, looseSubnet{VNI: rec.VNIs[0], Prefix: p.String()})
+	}
+	n, err := d.checkNetwork(loose)
+	if err != nil {
 		return nil, err
 	}
+	n.mtu, n.encrypted = mtu, o.encrypted
 	return n, nil
 }
 

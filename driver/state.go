@@ -65,6 +65,7 @@ type savedNetwork struct {
 type savedEndpoint struct {
 	EID      string       `json:"eid"`
 	Addr     netip.Prefix `json:"addr"`
+	Addr6    netip.Prefix `json:"addr6,omitzero"`
 	MAC      string       `json:"mac"`
 	VNI      uint32       `json:"vni"`
 	IfName   string       `json:"ifname"`
@@ -97,7 +98,7 @@ func (d *Driver) snapshot() savedState {
 		sn := savedNetwork{NID: n.nid, CID: n.cid, MTU: n.mtu, Encrypted: n.encrypted, Subnets: n.subnets, Unnamed: n.attached}
 		for _, ep := range n.endpoints {
 			sn.Endpoints = append(sn.Endpoints, savedEndpoint{
-				EID: ep.eid, Addr: ep.addr, MAC: ep.mac.String(), VNI: ep.vni, IfName: ep.ifName, Attached: ep.attached,
+				EID: ep.eid, Addr: ep.addr, Addr6: ep.addr6, MAC: ep.mac.String(), VNI: ep.vni, IfName: ep.ifName, Attached: ep.attached,
 			})
 			if ep.attached {
 				sn.Unnamed--
@@ -141,6 +142,7 @@ type looseSubnet struct {
 type looseEndpoint struct {
 	EID      string `json:"eid"`
 	Addr     string `json:"addr"`
+	Addr6    string `json:"addr6"`
 	MAC      string `json:"mac"`
 	VNI      uint32 `json:"vni"`
 	IfName   string `json:"ifname"`
@@ -343,10 +345,11 @@ func (d *Driver) checkNetwork(sn looseNetwork) (*network, error) {
 	if len(sn.Subnets) == 0 {
 		return nil, errors.New("no subnet")
 	}
+	var v4, v6 int
 	for _, s := range sn.Subnets {
 		p, err := netip.ParsePrefix(s.Prefix)
-		if err != nil || !p.Addr().Is4() || p != p.Masked() {
-			return nil, fmt.Errorf("subnet %s is not an IPv4 network", ids.Quote(s.Prefix))
+		if err != nil || p.Addr().Is4In6() || p != p.Masked() {
+			return nil, fmt.Errorf("subnet %s is not an IPv4 or IPv6 network", ids.Quote(s.Prefix))
 		}
 		if s.VNI < 1 || s.VNI > peerdb.MaxVNI {
 			return nil, fmt.Errorf("subnet %s has VNI %d", p, s.VNI)
@@ -357,14 +360,23 @@ func (d *Driver) checkNetwork(sn looseNetwork) (*network, error) {
 				return nil, fmt.Errorf("gateway %s is not in subnet %s", ids.Quote(s.Gateway), p)
 			}
 		}
+		if p.Addr().Is4() {
+			v4++
+		} else {
+			v6++
+		}
 		for _, o := range n.subnets {
-			if o.Prefix.Overlaps(p) || o.VNI == s.VNI {
+			// IPv4 subnets have a VNI each; IPv6 ones share their link's.
+			if o.Prefix.Overlaps(p) || o.VNI == s.VNI && o.Prefix.Addr().Is4() && p.Addr().Is4() {
 				return nil, fmt.Errorf("subnets %s and %s overlap or share a VNI", o.Prefix, p)
 			}
 		}
 		n.subnets = append(n.subnets, vxlan.Subnet{VNI: s.VNI, Prefix: p, Gateway: gw})
 	}
-	if len(n.subnets) > 1 {
+	if v6 > 0 && (v4 > 1 || len(n.vnis()) != 1) {
+		return nil, fmt.Errorf("%d IPv4 and %d IPv6 subnets on %d VNIs: a network with IPv6 is one link, one VNI", v4, v6, len(n.vnis()))
+	}
+	if v4 > 1 {
 		for _, s := range n.subnets {
 			if !s.Gateway.IsValid() {
 				return nil, fmt.Errorf("subnet %s of several has no gateway", s.Prefix)
@@ -377,15 +389,18 @@ func (d *Driver) checkNetwork(sn looseNetwork) (*network, error) {
 // checkEndpoint turns an entry into an endpoint of n, repairing what can
 // be worked out again (with a log line), or says what is wrong with it.
 func (d *Driver) checkEndpoint(r *restoring, n *network, se looseEndpoint) (*endpoint, error) {
-	addr, err := netip.ParsePrefix(se.Addr)
-	if err != nil || !addr.Addr().Is4() {
-		return nil, fmt.Errorf("address %s is not an IPv4 CIDR", ids.Quote(se.Addr))
+	ep := &endpoint{eid: se.EID, vni: se.VNI, ifName: se.IfName}
+	var err error
+	if ep.addr, err = n.savedAddr(se.Addr, false); err != nil {
+		return nil, err
 	}
-	s, ok := n.subnetOf(addr.Addr())
-	if !ok || addr.Bits() != s.Prefix.Bits() {
-		return nil, fmt.Errorf("address %s is in no subnet of the network", addr)
+	if ep.addr6, err = n.savedAddr(se.Addr6, true); err != nil {
+		return nil, err
 	}
-	ep := &endpoint{eid: se.EID, addr: addr, vni: se.VNI, ifName: se.IfName}
+	if len(ep.addrs()) == 0 {
+		return nil, errors.New("no address")
+	}
+	s, _ := n.subnetOf(ep.ip())
 	log := d.log.WithFields(logrus.Fields{"nid": n.nid, "eid": se.EID})
 	if ep.mac, err = peerdb.CheckMAC(se.MAC); err != nil {
 		// Only a repair if nobody knows better: etcd's record wins.
@@ -404,6 +419,23 @@ func (d *Driver) checkEndpoint(r *restoring, n *network, se looseEndpoint) (*end
 	return ep, nil
 }
 
+// savedAddr reads an endpoint address of the state file: "" (none), or
+// ADDR/LEN of the family v6 says in a subnet of n.
+func (n *network) savedAddr(v string, v6 bool) (netip.Prefix, error) {
+	if v == "" {
+		return netip.Prefix{}, nil
+	}
+	addr, err := netip.ParsePrefix(v)
+	if err != nil || addr.Addr().Is6() != v6 || addr.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("address %s is not an %s CIDR", ids.Quote(v), map[bool]string{false: "IPv4", true: "IPv6"}[v6])
+	}
+	s, ok := n.subnetOf(addr.Addr())
+	if !ok || addr.Bits() != s.Prefix.Bits() {
+		return netip.Prefix{}, fmt.Errorf("address %s is in no subnet of the network", addr)
+	}
+	return addr, nil
+}
+
 // validIfName reports whether s can be a Linux interface name vxnet made.
 func validIfName(s string) bool {
 	if len(s) == 0 || len(s) > maxIfNameLen {
@@ -419,20 +451,34 @@ func validIfName(s string) bool {
 
 // defaultMTU is the overlay MTU of a network made without the MTU option.
 func (d *Driver) defaultMTU(encrypted bool) (int, error) {
-	return overlayMTU(d.cfg.Underlay.MTU, encrypted)
+	return d.overlayMTU(d.cfg.Underlay.MTU, encrypted, false)
 }
 
 // endpointFromRecord makes an attached endpoint of n from this node's
 // record of it in etcd.
 func endpointFromRecord(n *network, rec peerdb.Endpoint) (*endpoint, error) {
-	s, ok := n.subnetOf(rec.IP)
-	if !ok {
-		return nil, fmt.Errorf("its address %s is in no subnet of the network", rec.IP)
+	ep := &endpoint{eid: rec.EID, ifName: ifNameFor(rec.EID), attached: true}
+	addrs := rec.Addrs()
+	if len(addrs) == 0 {
+		return nil, errors.New("its record has no address")
 	}
+	for _, a := range addrs {
+		s, ok := n.subnetOf(a)
+		if !ok || a.Is4() != s.Prefix.Addr().Is4() {
+			return nil, fmt.Errorf("its address %s is in no subnet of the network", a)
+		}
+		if a.Is4() {
+			ep.addr = netip.PrefixFrom(a, s.Prefix.Bits())
+		} else {
+			ep.addr6 = netip.PrefixFrom(a, s.Prefix.Bits())
+		}
+	}
+	s, _ := n.subnetOf(ep.ip())
+	ep.vni = s.VNI
 	mac, err := peerdb.CheckMAC(rec.MAC)
 	if err != nil {
 		return nil, err
 	}
-	return &endpoint{eid: rec.EID, addr: netip.PrefixFrom(rec.IP, s.Prefix.Bits()), mac: net.HardwareAddr(mac), vni: s.VNI,
-		ifName: ifNameFor(rec.EID), attached: true}, nil
+	ep.mac = net.HardwareAddr(mac)
+	return ep, nil
 }

@@ -21,7 +21,7 @@ func (h *Handler) routes() {
 	})
 	handle(h, "NetworkDriver.AllocateNetwork", func(ctx context.Context, d Driver, r *network.AllocateNetworkRequest) (any, error) {
 		opts, err := d.AllocateNetwork(ctx, driver.NetworkRequest{
-			NID: r.NetworkID, Options: r.Options, IPv4: ipamData(r.IPv4Data), HasIPv6: len(r.IPv6Data) > 0,
+			NID: r.NetworkID, Options: r.Options, IPv4: ipamData(r.IPv4Data), IPv6: ipamData(r.IPv6Data),
 		})
 		return network.AllocateNetworkResponse{Options: opts}, err
 	})
@@ -29,14 +29,8 @@ func (h *Handler) routes() {
 		return nil, d.FreeNetwork(ctx, r.NetworkID)
 	})
 	handle(h, "NetworkDriver.CreateNetwork", func(ctx context.Context, d Driver, r *network.CreateNetworkRequest) (any, error) {
-		var v4 []network.IPAMData
-		for _, d := range r.IPv4Data {
-			if d != nil {
-				v4 = append(v4, *d)
-			}
-		}
 		return nil, d.CreateNetwork(ctx, driver.NetworkRequest{
-			NID: r.NetworkID, Options: generic(r.Options), IPv4: ipamData(v4), HasIPv6: len(r.IPv6Data) > 0,
+			NID: r.NetworkID, Options: generic(r.Options), IPv4: ipamData(deref(r.IPv4Data)), IPv6: ipamData(deref(r.IPv6Data)),
 		})
 	})
 	handle(h, "NetworkDriver.DeleteNetwork", func(ctx context.Context, d Driver, r *network.DeleteNetworkRequest) (any, error) {
@@ -67,9 +61,11 @@ func (h *Handler) routes() {
 		}
 		out := network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: res.SrcName, DstPrefix: "eth"}}
 		for _, rt := range res.Routes {
-			out.StaticRoutes = append(out.StaticRoutes, &network.StaticRoute{
-				Destination: rt.Dst.String(), RouteType: 0 /* next hop */, NextHop: rt.NextHop.String(),
-			})
+			sr := &network.StaticRoute{Destination: rt.Dst.String(), RouteType: routeConnected}
+			if rt.NextHop.IsValid() {
+				sr.RouteType, sr.NextHop = routeNextHop, rt.NextHop.String()
+			}
+			out.StaticRoutes = append(out.StaticRoutes, sr)
 		}
 		return out, nil
 	})
@@ -93,6 +89,23 @@ func (h *Handler) routes() {
 	always(h, "NetworkDriver.RevokeExternalConnectivity", func(context.Context, *network.RevokeExternalConnectivityRequest) (any, error) {
 		return nil, nil
 	})
+}
+
+// Route types of a StaticRoute (libnetwork's types.NEXTHOP, CONNECTED).
+const (
+	routeNextHop   = 0
+	routeConnected = 1
+)
+
+// deref drops the nil entries of the pools Docker gives on CreateNetwork.
+func deref(in []*network.IPAMData) []network.IPAMData {
+	var out []network.IPAMData
+	for _, d := range in {
+		if d != nil {
+			out = append(out, *d)
+		}
+	}
+	return out
 }
 
 func ipamData(in []network.IPAMData) []driver.IPAMData {

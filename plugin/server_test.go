@@ -29,11 +29,11 @@ func (r *recorder) note(f string, a ...any) error {
 	return r.err
 }
 func (r *recorder) AllocateNetwork(_ context.Context, q driver.NetworkRequest) (map[string]string, error) {
-	return map[string]string{"vni": "1"}, r.note("allocate %s %v %v v6=%v", q.NID, q.Options, q.IPv4, q.HasIPv6)
+	return map[string]string{"vni": "1"}, r.note("allocate %s %v %v v6=%v", q.NID, q.Options, q.IPv4, len(q.IPv6) > 0)
 }
 func (r *recorder) FreeNetwork(_ context.Context, nid string) error { return r.note("free %s", nid) }
 func (r *recorder) CreateNetwork(_ context.Context, q driver.NetworkRequest) error {
-	return r.note("create %s %v %v v6=%v", q.NID, q.Options, q.IPv4, q.HasIPv6)
+	return r.note("create %s %v %v v6=%v", q.NID, q.Options, q.IPv4, len(q.IPv6) > 0)
 }
 func (r *recorder) DeleteNetwork(_ context.Context, nid string) error {
 	return r.note("delete %s", nid)

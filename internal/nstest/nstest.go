@@ -139,7 +139,11 @@ func (u *Underlay) Plug(t T, n NS, dev, addr string, mtu int) string {
 		u.sw.MustIP(t, "link", "set", port, "mtu", fmt.Sprint(mtu))
 		n.MustIP(t, "link", "set", dev, "mtu", fmt.Sprint(mtu))
 	}
-	n.MustIP(t, "addr", "add", fmt.Sprintf("%s/%d", addr, u.prefix), "dev", dev)
+	args := []string{"addr", "add", fmt.Sprintf("%s/%d", addr, u.prefix), "dev", dev}
+	if strings.Contains(addr, ":") {
+		args = append(args, "nodad") // usable at once, as IPv4's
+	}
+	n.MustIP(t, args...)
 	n.MustIP(t, "link", "set", dev, "up")
 	return port
 }
@@ -164,7 +168,9 @@ func Attach(t T, host, container NS, src, name, mac, cidr string) {
 	if mac != "" {
 		container.MustIP(t, "link", "set", name, "address", mac)
 	}
-	container.MustIP(t, "addr", "add", cidr, "dev", name)
+	if cidr != "" {
+		container.MustIP(t, "addr", "add", cidr, "dev", name)
+	}
 	container.MustIP(t, "link", "set", name, "up")
 }
 

@@ -3,8 +3,9 @@
 // own, and a vxnet plugin process per host. Tests and the demo drive the
 // plugins through their sockets exactly as Docker's libnetwork does.
 //
-// Addresses: underlay 192.0.2.0/24 (etcd .2, host i at .10+i); overlays
-// use 198.18.0.0/15. Everything is made inside namespaces the lab creates
+// Addresses: underlay 192.0.2.0/24 (etcd .2, host i at .10+i), or with
+// NewIPv6 an IPv6-only underlay 2001:db8::/64 (etcd ::2, host i at ::10+i);
+// overlays use 198.18.0.0/15 and fd00::/8. Everything is made inside namespaces the lab creates
 // and is removed by the cleanups it registers.
 package lab
 
@@ -28,8 +29,11 @@ import (
 	"google.golang.org/grpc"
 )
 
-// EtcdAddr is etcd's underlay address.
-const EtcdAddr = "192.0.2.2"
+// EtcdAddr is etcd's underlay address; EtcdAddr6 on an IPv6 underlay.
+const (
+	EtcdAddr  = "192.0.2.2"
+	EtcdAddr6 = "2001:db8::2"
+)
 
 // Lab is a running lab.
 type Lab struct {
@@ -37,6 +41,7 @@ type Lab struct {
 	dir      string
 	bin      string
 	underlay *nstest.Underlay
+	v6       bool // the underlay is IPv6-only
 	Etcd     *Etcd
 	Hosts    []*Host
 }
@@ -47,6 +52,7 @@ type Lab struct {
 type Etcd struct {
 	NS       nstest.NS
 	Endpoint string // client URLs, comma-separated
+	addr     string // its underlay address
 	cmd      *exec.Cmd
 	cli      *clientv3.Client
 }
@@ -72,9 +78,25 @@ type Host struct {
 // the vxnet binary; dir holds sockets, logs, pinned namespaces.
 func New(t nstest.T, dir, bin string, n int) *Lab {
 	t.Helper()
-	l := &Lab{t: t, dir: dir, bin: bin, underlay: nstest.NewUnderlay(t, 24)}
-	l.Etcd = &Etcd{NS: nstest.New(t, "etcd"), Endpoint: "http://" + EtcdAddr + ":2379"}
-	l.underlay.Plug(t, l.Etcd.NS, "eth0", EtcdAddr, 0)
+	return newLab(t, dir, bin, n, false)
+}
+
+// NewIPv6 is New with an IPv6-only underlay: hosts and etcd have IPv6
+// addresses only, so VXLAN, etcd and gossip all run over IPv6.
+func NewIPv6(t nstest.T, dir, bin string, n int) *Lab {
+	t.Helper()
+	return newLab(t, dir, bin, n, true)
+}
+
+func newLab(t nstest.T, dir, bin string, n int, v6 bool) *Lab {
+	t.Helper()
+	bits, addr := 24, EtcdAddr
+	if v6 {
+		bits, addr = 64, EtcdAddr6
+	}
+	l := &Lab{t: t, dir: dir, bin: bin, underlay: nstest.NewUnderlay(t, bits), v6: v6}
+	l.Etcd = &Etcd{NS: nstest.New(t, "etcd"), Endpoint: "http://" + net.JoinHostPort(addr, "2379"), addr: addr}
+	l.underlay.Plug(t, l.Etcd.NS, "eth0", addr, 0)
 	l.Etcd.Start(t, dir)
 	l.addHosts(n)
 	return l
@@ -86,17 +108,21 @@ func (l *Lab) addHosts(n int) {
 	t.Helper()
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("h%d", i)
+		addr, gw := fmt.Sprintf("192.0.2.%d", 10+i), "192.0.2.1"
+		if l.v6 {
+			addr, gw = fmt.Sprintf("2001:db8::%d", 10+i), "2001:db8::1"
+		}
 		h := &Host{
 			Name:     name,
 			NS:       nstest.New(t, name),
-			Addr:     fmt.Sprintf("192.0.2.%d", 10+i),
+			Addr:     addr,
 			Socket:   filepath.Join(dir, name, "vxnet.sock"),
 			NetnsDir: filepath.Join(dir, name, "netns"),
 			LogPath:  filepath.Join(dir, name, "vxnet.log"),
 			lab:      l,
 		}
 		h.port = u.Plug(t, h.NS, "eth0", h.Addr, 0)
-		h.NS.MustIP(t, "route", "add", "default", "via", "192.0.2.1", "dev", "eth0")
+		h.NS.MustIP(t, "route", "add", "default", "via", gw, "dev", "eth0")
 		if err := os.MkdirAll(filepath.Dir(h.Socket), 0o755); err != nil {
 			t.Fatalf("%v", err)
 		}
@@ -137,7 +163,7 @@ func (e *Etcd) Start(t nstest.T, dir string) {
 	t.Helper()
 	data := filepath.Join(dir, "etcd")
 	args := append([]string{"netns", "exec", e.NS.Name},
-		etcdtest.Args("etcd", data, e.Endpoint, "http://"+EtcdAddr+":2380")...)
+		etcdtest.Args("etcd", data, e.Endpoint, "http://"+net.JoinHostPort(e.addr, "2380"))...)
 	e.cmd = exec.Command("ip", args...)
 	if err := e.cmd.Start(); err != nil {
 		t.Fatalf("start etcd: %v", err)
@@ -145,7 +171,7 @@ func (e *Etcd) Start(t nstest.T, dir string) {
 	t.Cleanup(e.Stop)
 	if e.cli == nil {
 		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:   []string{EtcdAddr + ":2379"},
+			Endpoints:   []string{net.JoinHostPort(e.addr, "2379")},
 			Logger:      zap.NewNop(),
 			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return e.NS.Dial(ctx, "tcp", addr) })},
 		})

@@ -20,11 +20,27 @@ func (h *Host) Call(route string, req, resp any) error {
 // Pool is one subnet of a network and its gateway.
 type Pool struct{ Subnet, Gateway string }
 
-func ipamData(pools []Pool) []*network.IPAMData {
-	var out []*network.IPAMData
+// ipamData splits pools into Docker's IPv4 and IPv6 pool lists.
+func ipamData(pools []Pool) (v4, v6 []*network.IPAMData) {
 	for _, p := range pools {
 		bits := p.Subnet[strings.Index(p.Subnet, "/"):]
-		out = append(out, &network.IPAMData{AddressSpace: "LocalDefault", Pool: p.Subnet, Gateway: p.Gateway + bits})
+		d := &network.IPAMData{AddressSpace: "LocalDefault", Pool: p.Subnet}
+		if p.Gateway != "" {
+			d.Gateway = p.Gateway + bits
+		}
+		if strings.Contains(p.Subnet, ":") {
+			v6 = append(v6, d)
+		} else {
+			v4 = append(v4, d)
+		}
+	}
+	return v4, v6
+}
+
+func values(in []*network.IPAMData) []network.IPAMData {
+	var out []network.IPAMData
+	for _, d := range in {
+		out = append(out, network.IPAMData{Pool: d.Pool, Gateway: d.Gateway})
 	}
 	return out
 }
@@ -32,12 +48,10 @@ func ipamData(pools []Pool) []*network.IPAMData {
 // CreateNetwork does what swarm does for `docker network create -d vxnet`:
 // AllocateNetwork on the manager (the first host), then CreateNetwork on
 // every host with what the manager returned. It returns those options.
+// Pools whose subnet is IPv6 go as IPv6 pools, as with --ipv6.
 func (l *Lab) CreateNetwork(nid string, opts map[string]string, pools ...Pool) (map[string]string, error) {
-	v4 := ipamData(pools)
-	alloc := network.AllocateNetworkRequest{NetworkID: nid, Options: opts}
-	for _, d := range v4 {
-		alloc.IPv4Data = append(alloc.IPv4Data, network.IPAMData{Pool: d.Pool, Gateway: d.Gateway})
-	}
+	v4, v6 := ipamData(pools)
+	alloc := network.AllocateNetworkRequest{NetworkID: nid, Options: opts, IPv4Data: values(v4), IPv6Data: values(v6)}
 	var res network.AllocateNetworkResponse
 	if err := l.Hosts[0].Call("NetworkDriver.AllocateNetwork", alloc, &res); err != nil {
 		return nil, err
@@ -47,7 +61,7 @@ func (l *Lab) CreateNetwork(nid string, opts map[string]string, pools ...Pool) (
 		generic[k] = v
 	}
 	for _, h := range l.Hosts {
-		if err := h.CreateNetwork(nid, generic, v4); err != nil {
+		if err := h.createNetwork(nid, generic, v4, v6); err != nil {
 			return nil, err
 		}
 	}
@@ -56,10 +70,15 @@ func (l *Lab) CreateNetwork(nid string, opts map[string]string, pools ...Pool) (
 
 // CreateNetwork sends one host's CreateNetwork.
 func (h *Host) CreateNetwork(nid string, generic map[string]any, v4 []*network.IPAMData) error {
+	return h.createNetwork(nid, generic, v4, nil)
+}
+
+func (h *Host) createNetwork(nid string, generic map[string]any, v4, v6 []*network.IPAMData) error {
 	return h.Call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{
 		NetworkID: nid,
-		Options:   map[string]any{"com.docker.network.enable_ipv6": false, "com.docker.network.generic": generic},
+		Options:   map[string]any{"com.docker.network.enable_ipv6": len(v6) > 0, "com.docker.network.generic": generic},
 		IPv4Data:  v4,
+		IPv6Data:  v6,
 	}, nil)
 }
 
@@ -82,6 +101,7 @@ type Container struct {
 	NID    string
 	EID    string
 	IP     string // without length
+	IP6    string // without length; "" if it has no IPv6 address
 	MAC    string
 	Join   network.JoinResponse
 	srcDev string
@@ -92,12 +112,19 @@ type Container struct {
 // into the container, name it eth0, give it its MAC and address, bring it
 // up and add the returned routes.
 func (h *Host) Run(nid, cidr string) (*Container, error) {
+	h.lab.t.Helper()
+	return h.RunDual(nid, cidr, "")
+}
+
+// RunDual is Run with an IPv4 address, an IPv6 address, or both (either
+// may be "").
+func (h *Host) RunDual(nid, cidr, cidr6 string) (*Container, error) {
 	t := h.lab.t
 	t.Helper()
-	c := &Container{Host: h, NID: nid, EID: NewID(), IP: strings.Split(cidr, "/")[0]}
+	c := &Container{Host: h, NID: nid, EID: NewID(), IP: strings.Split(cidr, "/")[0], IP6: strings.Split(cidr6, "/")[0]}
 	var ce network.CreateEndpointResponse
 	if err := h.Call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{
-		NetworkID: nid, EndpointID: c.EID, Interface: &network.EndpointInterface{Address: cidr},
+		NetworkID: nid, EndpointID: c.EID, Interface: &network.EndpointInterface{Address: cidr, AddressIPv6: cidr6},
 		Options: map[string]any{},
 	}, &ce); err != nil {
 		return nil, err
@@ -113,8 +140,15 @@ func (h *Host) Run(nid, cidr string) (*Container, error) {
 	}
 	c.srcDev = c.Join.InterfaceName.SrcName
 	nstest.Attach(t, h.NS, c.NS, c.srcDev, "eth0", c.MAC, cidr)
+	if cidr6 != "" {
+		c.NS.MustIP(t, "addr", "add", cidr6, "dev", "eth0", "nodad")
+	}
 	for _, r := range c.Join.StaticRoutes {
-		c.NS.MustIP(t, "route", "add", r.Destination, "via", r.NextHop)
+		if r.RouteType == 1 { // connected
+			c.NS.MustIP(t, "route", "add", r.Destination, "dev", "eth0")
+		} else {
+			c.NS.MustIP(t, "route", "add", r.Destination, "via", r.NextHop)
+		}
 	}
 	return c, nil
 }
