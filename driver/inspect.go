@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 	"net"
 	"net/netip"
@@ -90,7 +91,8 @@ func (d *Driver) localStatus() Status {
 type PeerView struct {
 	Network string `json:"network"` // the local network ID
 	EID     string `json:"eid"`
-	IP      string `json:"ip"`
+	IP      string `json:"ip"`            // "-" if it has no IPv4 address
+	IP6     string `json:"ip6,omitempty"` // its IPv6 address, if any
 	MAC     string `json:"mac"`
 	VTEP    string `json:"vtep"`
 	Node    string `json:"node"`
@@ -115,7 +117,7 @@ type netSnapshot struct {
 	n        *network
 	attached bool
 	views    []PeerView   // of every record (Peers)
-	want     []vxlan.Peer // what the kernel must hold (one per record in views marked "no", in order)
+	want     []vxlan.Peer // what the kernel must hold (one per address of each record in views marked "no", in order)
 	wantIdx  []int        // the index in views of each want entry, or -1
 }
 
@@ -129,8 +131,14 @@ func (d *Driver) snapshotNets(nid string) []netSnapshot {
 		}
 		ns := netSnapshot{n: n, attached: n.attached > 0}
 		for _, e := range d.table.Records(n.cid) {
-			v := PeerView{Network: n.nid, EID: e.EID, IP: e.IP.String(), MAC: e.MAC, VTEP: e.VTEP.String(), Node: e.Node,
+			v := PeerView{Network: n.nid, EID: e.EID, IP: "-", MAC: e.MAC, VTEP: e.VTEP.String(), Node: e.Node,
 				Local: e.Node == d.cfg.Node, Programmed: "-", Source: "etcd"}
+			if e.IP.IsValid() {
+				v.IP = e.IP.String()
+			}
+			if e.IP6.IsValid() {
+				v.IP6 = e.IP6.String()
+			}
 			if d.table.FromGossip(e.Key()) {
 				v.Source = "gossip"
 			}
@@ -165,9 +173,16 @@ func (d *Driver) Peers(nid string) ([]PeerView, error) {
 			if err != nil {
 				return nil, err
 			}
+			// A record is programmed when every entry of it is.
+			missing := map[int]bool{}
 			for i, p := range ns.want {
-				if have[p.String()] {
-					ns.views[ns.wantIdx[i]].Programmed = "yes"
+				if !have[p.String()] {
+					missing[ns.wantIdx[i]] = true
+				}
+			}
+			for _, i := range ns.wantIdx {
+				if !missing[i] {
+					ns.views[i].Programmed = "yes"
 				}
 			}
 		}
@@ -177,7 +192,7 @@ func (d *Driver) Peers(nid string) ([]PeerView, error) {
 		if a.Network != b.Network {
 			return strings.Compare(a.Network, b.Network)
 		}
-		return strings.Compare(a.IP, b.IP)
+		return cmp.Or(strings.Compare(a.IP, b.IP), strings.Compare(a.IP6, b.IP6))
 	})
 	return out, nil
 }

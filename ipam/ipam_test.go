@@ -40,43 +40,87 @@ func ctx(t *testing.T) context.Context {
 }
 
 func TestConcurrentHostsNeverShareAnAddress(t *testing.T) {
-	as, _ := nodes(t, "h1", "h2", "h3")
-	for _, a := range as {
-		if _, err := a.RequestPool(ctx(t), "198.18.8.0/24", "", false); err != nil {
-			t.Fatal(err)
-		}
-		if got, err := a.RequestAddress(ctx(t), "198.18.8.0/24", "198.18.8.1", gw); err != nil || got != "198.18.8.1/24" {
-			t.Fatalf("gateway on %s: %q %v", a.node, got, err)
+	for _, tc := range []struct {
+		pool, gw, gwCIDR string
+		v6               bool
+	}{
+		{"198.18.8.0/24", "198.18.8.1", "198.18.8.1/24", false},
+		{"fd00:8::/64", "fd00:8::1", "fd00:8::1/64", true},
+	} {
+		t.Run(tc.pool, func(t *testing.T) {
+			as, _ := nodes(t, "h1", "h2", "h3")
+			for _, a := range as {
+				if _, err := a.RequestPool(ctx(t), tc.pool, "", tc.v6); err != nil {
+					t.Fatal(err)
+				}
+				if got, err := a.RequestAddress(ctx(t), tc.pool, tc.gw, gw); err != nil || got != tc.gwCIDR {
+					t.Fatalf("gateway on %s: %q %v", a.node, got, err)
+				}
+			}
+			var mu sync.Mutex
+			seen := map[string]string{}
+			var wg sync.WaitGroup
+			for _, a := range as {
+				for i := range 20 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						got, err := a.RequestAddress(ctx(t), tc.pool, "", mac)
+						mu.Lock()
+						defer mu.Unlock()
+						if err != nil {
+							t.Errorf("%s #%d: %v", a.node, i, err)
+							return
+						}
+						if other, dup := seen[got]; dup {
+							t.Errorf("%s given to %s and %s", got, other, a.node)
+						}
+						if got == tc.gwCIDR {
+							t.Errorf("the gateway was handed out")
+						}
+						seen[got] = a.node
+					}()
+				}
+			}
+			wg.Wait()
+			if len(seen) != 60 {
+				t.Errorf("%d distinct addresses; want 60", len(seen))
+			}
+		})
+	}
+}
+
+func TestIPv6PoolRequests(t *testing.T) {
+	as, _ := nodes(t, "h1")
+	a := as[0]
+	for _, tc := range []struct{ pool, sub, want string }{
+		{"", "", "needs --subnet for each address family"},
+		{"198.18.9.0/24", "", "want an IPv6 CIDR"},
+		{"fd00:9::/127", "", "want an IPv6 CIDR of /126 or larger"},
+		{"::ffff:198.18.9.0/120", "", "want an IPv6 CIDR"},
+		{"fd00:9::/64", "fd00:a::/80", "not an IPv6 range inside"},
+		{"fd00:9::/64", "198.18.9.0/24", "not an IPv6 range inside"},
+	} {
+		if _, err := a.RequestPool(ctx(t), tc.pool, tc.sub, true); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("RequestPool(%q, %q, v6) = %v; want %q", tc.pool, tc.sub, err, tc.want)
 		}
 	}
-	var mu sync.Mutex
-	seen := map[string]string{}
-	var wg sync.WaitGroup
-	for _, a := range as {
-		for i := range 20 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				got, err := a.RequestAddress(ctx(t), "198.18.8.0/24", "", mac)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					t.Errorf("%s #%d: %v", a.node, i, err)
-					return
-				}
-				if other, dup := seen[got]; dup {
-					t.Errorf("%s given to %s and %s", got, other, a.node)
-				}
-				if got == "198.18.8.1/24" {
-					t.Errorf("the gateway was handed out")
-				}
-				seen[got] = a.node
-			}()
-		}
+	id, err := a.RequestPool(ctx(t), "fd00:9::5/64", "fd00:9::100/120", true)
+	if err != nil || id != "fd00:9::/64" {
+		t.Fatalf("RequestPool = %q, %v; want the masked subnet", id, err)
 	}
-	wg.Wait()
-	if len(seen) != 60 {
-		t.Errorf("%d distinct addresses; want 60", len(seen))
+	got, err := a.RequestAddress(ctx(t), id, "", mac)
+	if p, perr := netip.ParsePrefix(got); err != nil || perr != nil || p.Bits() != 64 || !netip.MustParsePrefix("fd00:9::100/125").Contains(p.Addr()) {
+		t.Errorf("first dynamic address = %q, %v; want one of the range's first (fd00:9::100/125), with the pool's length /64", got, err)
+	}
+	if _, err := a.RequestAddress(ctx(t), id, "fd00:a::1", mac); !errors.Is(err, ErrInvalid) {
+		t.Errorf("an address outside the pool: %v; want refused", err)
+	}
+	if err := a.ReleaseAddress(ctx(t), id, got); err != nil {
+		t.Errorf("ReleaseAddress: %v", err)
+	}
+	if err := a.ReleasePool(ctx(t), id); err != nil {
+		t.Errorf("ReleasePool: %v", err)
 	}
 }
 

@@ -72,7 +72,13 @@ func pingAll(t *testing.T, cs []*lab.Container) {
 // arrive intact.
 func transfer(t *testing.T, a, b *lab.Container, size int) {
 	t.Helper()
-	ln, err := b.NS.Listen("tcp", b.IP+":5001")
+	transferTo(t, a, b, b.IP, size)
+}
+
+// transferTo is transfer to address dst of b (its IPv6 one, say).
+func transferTo(t *testing.T, a, b *lab.Container, dst string, size int) {
+	t.Helper()
+	ln, err := b.NS.Listen("tcp", net.JoinHostPort(dst, "5001"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,9 +99,9 @@ func transfer(t *testing.T, a, b *lab.Container, size int) {
 	}()
 	data := make([]byte, size)
 	rand.Read(data)
-	conn, err := a.NS.Dial(t.Context(), "tcp", b.IP+":5001")
+	conn, err := a.NS.Dial(t.Context(), "tcp", net.JoinHostPort(dst, "5001"))
 	if err != nil {
-		t.Fatalf("connect %s -> %s: %v", a.IP, b.IP, err)
+		t.Fatalf("connect %s -> %s: %v", a.IP, dst, err)
 	}
 	if _, err := io.Copy(conn, bytes.NewReader(data)); err != nil {
 		t.Fatalf("send: %v", err)
@@ -104,7 +110,7 @@ func transfer(t *testing.T, a, b *lab.Container, size int) {
 	select {
 	case sum := <-got:
 		if sum != sha256.Sum256(data) {
-			t.Fatalf("%d bytes from %s to %s arrived corrupted", size, a.IP, b.IP)
+			t.Fatalf("%d bytes from %s to %s arrived corrupted", size, a.IP, dst)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("transfer did not finish")

@@ -64,13 +64,17 @@ func inspect(cmd string, args []string) error {
 		if *asJSON {
 			return json.NewEncoder(os.Stdout).Encode(rows)
 		}
-		fmt.Fprintf(w, "NETWORK\tENDPOINT\tIP\tMAC\tVTEP\tNODE\tPROGRAMMED\n")
+		fmt.Fprintf(w, "NETWORK\tENDPOINT\tIP\tIPV6\tMAC\tVTEP\tNODE\tPROGRAMMED\n")
 		for _, r := range rows {
 			prog := r.Programmed
 			if r.Local {
 				prog = "local"
 			}
-			fmt.Fprintf(w, "%.12s\t%.12s\t%s\t%s\t%s\t%s\t%s\n", r.Network, r.EID, r.IP, r.MAC, r.VTEP, r.Node, prog)
+			ip6 := r.IP6
+			if ip6 == "" {
+				ip6 = "-"
+			}
+			fmt.Fprintf(w, "%.12s\t%.12s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Network, r.EID, r.IP, ip6, r.MAC, r.VTEP, r.Node, prog)
 		}
 	case "rotate":
 		var r plugin.RotateResponse
