@@ -234,8 +234,6 @@ func translate(n inspectedNetwork, o equivalentOptions) (translation, error) {
 		return tr, errors.New("a --config-only network holds settings for others; translate the network created from it")
 	case n.Scope != "swarm":
 		return tr, fmt.Errorf("scope %q, not a swarm network: without swarm, create a vxnet network on each host (README, \"Without swarm\")", n.Scope)
-	case n.EnableIPv4 != nil && !*n.EnableIPv4:
-		return tr, errors.New("an IPv6-only network: vxnet carries IPv4 only today")
 	}
 	if tr.name == "" {
 		tr.name = n.Name + "-vxnet"
@@ -298,10 +296,11 @@ func translate(n inspectedNetwork, o equivalentOptions) (translation, error) {
 
 // translatePools gives the address arguments of the new network: the old
 // network's IPv4 pools, moved into o.subnets or kept (o.inPlace), or none
-// (swarm picks a free subnet). IPv6 pools are dropped.
+// (swarm picks a free subnet). IPv6 pools are kept in place; otherwise
+// they are reported as not carried over, since swarm picks no IPv6 subnet
+// and the tool cannot choose one for the user.
 func (tr *translation) translatePools(n inspectedNetwork, o equivalentOptions) error {
-	var v4 []ipamConfig
-	var v6 []string
+	var v4, v6 []ipamConfig
 	for _, c := range n.IPAM.Config {
 		p, err := netip.ParsePrefix(c.Subnet)
 		if err != nil {
@@ -310,22 +309,29 @@ func (tr *translation) translatePools(n inspectedNetwork, o equivalentOptions) e
 		if p.Addr().Is4() {
 			v4 = append(v4, c)
 		} else {
-			v6 = append(v6, c.Subnet)
+			v6 = append(v6, c)
 		}
 	}
-	if n.EnableIPv6 || len(v6) > 0 {
+	ipv6 := n.EnableIPv6 || len(v6) > 0
+	if ipv6 && len(v4) > 1 {
+		return fmt.Errorf("IPv6 with %d IPv4 subnets: vxnet carries IPv6 on networks of one IPv4 subnet (or none); split the network", len(v4))
+	}
+	switch {
+	case ipv6 && o.inPlace:
+		tr.opts = append(tr.opts, []string{"--ipv6"})
+	case ipv6:
 		what := "--ipv6"
 		if len(v6) > 0 {
-			what += " and subnets " + strings.Join(v6, ", ")
+			what += " and subnets " + subnetList(v6)
 		}
-		tr.dropped = append(tr.dropped, what+": vxnet carries IPv4 only today (it refuses --ipv6); containers on the new network have no IPv6 address")
+		tr.dropped = append(tr.dropped, what+" not copied: both networks exist during the migration, and swarm picks no IPv6 subnet; add --ipv6 --subnet with an IPv6 subnet of your own (or use --in-place)")
 	}
 	switch {
 	case o.inPlace:
-		for _, c := range v4 {
+		for _, c := range slices.Concat(v4, v6) {
 			tr.opts = append(tr.opts, poolOpts(c)...)
 		}
-		if len(v4) > 0 {
+		if len(v4)+len(v6) > 0 {
 			tr.notes = append(tr.notes, "subnets kept: create this network only once the old one is removed (a task on both would get two interfaces in one subnet)")
 		}
 	case o.subnets != nil:
@@ -347,11 +353,12 @@ func (tr *translation) translatePools(n inspectedNetwork, o equivalentOptions) e
 
 // ipv4VNIs keeps, of a stock overlay's VNI list, those of its IPv4
 // subnets: swarm gives every subnet of the network a VNI, in order, the
-// IPv6 ones too (Docker 20.10), and vxnet wants one per IPv4 subnet. A
-// list of another length stays as it is.
+// IPv6 ones too (Docker 20.10), and vxnet wants one per IPv4 subnet (one
+// in all for an IPv6-only network: its first). A list of another length
+// stays as it is.
 func ipv4VNIs(list string, pools []ipamConfig) string {
 	vnis := strings.Split(list, ",")
-	if len(vnis) != len(pools) {
+	if len(vnis) != len(pools) || len(vnis) == 0 {
 		return list
 	}
 	var keep []string
@@ -359,6 +366,9 @@ func ipv4VNIs(list string, pools []ipamConfig) string {
 		if p, err := netip.ParsePrefix(c.Subnet); err == nil && p.Addr().Is4() {
 			keep = append(keep, strings.TrimSpace(vnis[i]))
 		}
+	}
+	if len(keep) == 0 {
+		keep = vnis[:1]
 	}
 	return strings.Join(keep, ",")
 }

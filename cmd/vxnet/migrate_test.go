@@ -250,16 +250,17 @@ func TestTranslate(t *testing.T) {
 			wantError: "--subnet 198.18.72.0/25 is smaller than 198.18.70.0/24"},
 		{net: "ranged", opts: equivalentOptions{driver: drv, subnets: []netip.Prefix{netip.MustParsePrefix("198.18.72.0/24"), netip.MustParsePrefix("198.18.73.0/24")}},
 			wantError: "2 --subnet given for 1 IPv4 subnets (198.18.70.0/24)"},
-		// IPv6 cannot come along; encryption and --internal do.
+		// Moved, the IPv6 subnet needs one of the user's; encryption and
+		// --internal come along.
 		{net: "dual", opts: equivalentOptions{driver: drv},
 			want:    "docker network create -d vxnet:latest --internal -o encrypted dual-vxnet",
 			notes:   []string{"subnets 198.18.71.0/24 not copied", "VNIs 4099,4100", "encrypted", "no com.docker.network.driver.mtu"},
-			dropped: []string{"--ipv6 and subnets fd00:71::/64: vxnet carries IPv4 only"}},
-		// In place, only the IPv4 subnet's VNI (swarm numbered the IPv6 one too).
+			dropped: []string{"--ipv6 and subnets fd00:71::/64 not copied"}},
+		// In place, both subnets and only the IPv4 subnet's VNI (swarm
+		// numbered the IPv6 one too).
 		{net: "dual", opts: equivalentOptions{driver: drv, inPlace: true},
-			want:    "docker network create -d vxnet:latest --internal --subnet 198.18.71.0/24 --gateway 198.18.71.1 -o com.docker.network.driver.overlay.vxlanid_list=4099 -o encrypted dual-vxnet",
-			notes:   []string{"subnets kept", "VNIs 4099 kept", "encrypted", "MTU"},
-			dropped: []string{"--ipv6"}},
+			want:  "docker network create -d vxnet:latest --internal --ipv6 --subnet 198.18.71.0/24 --gateway 198.18.71.1 --subnet fd00:71::/64 --gateway fd00:71::1 -o com.docker.network.driver.overlay.vxlanid_list=4099 -o encrypted dual-vxnet",
+			notes: []string{"subnets kept", "VNIs 4099 kept", "encrypted", "MTU"}},
 		{net: "ingress", opts: equivalentOptions{driver: drv}, wantError: "ingress network"},
 		// Docker 28's shape: two subnets, auxiliary addresses, an option
 		// vxnet refuses, a stack's network.
@@ -320,7 +321,7 @@ func TestTranslateRefuses(t *testing.T) {
 		{`{"Name":"v","Driver":"192.0.2.3:5000/vxnet:t1","Scope":"swarm"}`, "already a vxnet network"},
 		{`{"Name":"c","Driver":"overlay","Scope":"swarm","ConfigOnly":true}`, "--config-only"},
 		{`{"Name":"g","Driver":"overlay","Scope":"global"}`, `scope "global", not a swarm network`},
-		{`{"Name":"six","Driver":"overlay","Scope":"swarm","EnableIPv4":false,"EnableIPv6":true}`, "IPv6-only"},
+		{`{"Name":"six","Driver":"overlay","Scope":"swarm","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"198.18.1.0/24"},{"Subnet":"198.18.2.0/24"},{"Subnet":"fd00:1::/64"}]}}`, "IPv6 with 2 IPv4 subnets"},
 	} {
 		nets, err := parseInspect([]byte(tc.json))
 		if err != nil {
