@@ -25,8 +25,8 @@ type Settings struct {
 	EtcdPassword  string
 	EtcdPrefix    string
 	NodeName      string
-	DataAddr      string // an IPv4 address or an interface name; "" = default route's
-	ControlAddr   string // an IPv4 address or an interface name; "" = the data address
+	DataAddr      string // an IPv4 or IPv6 address or an interface name; "" = default route's
+	ControlAddr   string // an IPv4 or IPv6 address or an interface name; "" = the data address
 	VXLANPort     int
 	VNIRange      peerdb.VNIRange
 	NetnsDir      string
@@ -116,9 +116,9 @@ var table = []setting{
 		}},
 	{"VXNET_NODE_NAME", "node-name", "the host name", "this node's name in etcd; unique per host",
 		str(func(s *Settings) *string { return &s.NodeName })},
-	{"VXNET_DATA_ADDR", "data-addr", "the default route's interface", "VXLAN source address (VTEP): an IPv4 address or an interface name",
+	{"VXNET_DATA_ADDR", "data-addr", "the default route's interface", "VXLAN source address (VTEP): an IPv4 or IPv6 address, or an interface name (its IPv4 address, else its global IPv6 one); every host's of one family",
 		str(func(s *Settings) *string { return &s.DataAddr })},
-	{"VXNET_CONTROL_ADDR", "control-addr", "the data address", "address other nodes reach this one on for control traffic: an IPv4 address or an interface name",
+	{"VXNET_CONTROL_ADDR", "control-addr", "the data address", "address other nodes reach this one on for control traffic: an IPv4 or IPv6 address or an interface name",
 		str(func(s *Settings) *string { return &s.ControlAddr })},
 	{"VXNET_VXLAN_PORT", "vxlan-port", "4789", "VXLAN UDP port",
 		func(s *Settings, v string) error {
