@@ -21,7 +21,7 @@ import (
 // macvlan), nftables, and ESP with AES-GCM and the random number
 // generators seqiv needs.
 var vmModules = []string{
-	"veth", "bridge", "vxlan", "macvlan", "nf_tables", "esp4", "xfrm_user",
+	"veth", "bridge", "vxlan", "macvlan", "nf_tables", "esp4", "esp6", "xfrm_user",
 	"aesni_intel", "ghash_generic", "ghash_clmulni_intel", "gcm", "ctr", "seqiv",
 	"sha3_generic", "jitterentropy_rng", "drbg", // seqiv needs the default RNG
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/vxnet/vxnet/driver"
+	"github.com/vxnet/vxnet/internal/nstest"
 	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/plugin"
 	"github.com/vxnet/vxnet/test/lab"
@@ -324,5 +325,91 @@ func TestEncryptedAutomaticRotation(t *testing.T) {
 	}
 	if lost != 0 {
 		t.Errorf("%d of %d packets lost across automatic rotations", lost, sent)
+	}
+}
+
+// An encrypted dual-stack network over an IPv6-only underlay (the qemu
+// lab): the overlay MTU is 1396 (ESP and VXLAN over IPv6), IPv4 and IPv6
+// inside cross as ESP only, plaintext VXLAN injected over IPv6 for the
+// encrypted VNI is dropped, and forced rotations under an IPv6 flow lose
+// nothing.
+func TestEncryptedOverIPv6Underlay(t *testing.T) {
+	if err := ipsec.Probe(); err != nil {
+		t.Skipf("no ESP in this kernel (TestEncryptedInQEMU runs this test inside qemu): %v", err)
+	}
+	if err := ipsec.ProbeFamily(true); err != nil {
+		t.Fatalf("ESP works over IPv4 here but not over IPv6 (module esp6?): %v", err)
+	}
+	nstest.RequireRoot(t)
+	l := lab.NewIPv6(t, t.TempDir(), vxnetBin, 2)
+	for _, h := range l.Hosts {
+		h.Start()
+	}
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	enc := lab.NetworkID("enc6")
+	opts, err := l.CreateNetwork(enc, map[string]string{"encrypted": ""},
+		lab.Pool{Subnet: "198.18.22.0/24", Gateway: "198.18.22.1"}, lab.Pool{Subnet: "fd00:22::/64", Gateway: "fd00:22::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vni := vniOf(t, opts)
+	e1 := must(h1.RunDual(enc, "198.18.22.2/24", "fd00:22::2/64"))
+	e2 := must(h2.RunDual(enc, "198.18.22.3/24", "fd00:22::3/64"))
+	if out, _ := e1.NS.Exec("ip", "-o", "link", "show", "eth0"); !strings.Contains(out, "mtu 1396") {
+		t.Errorf("container on an encrypted network over IPv6: %s; want mtu 1396", out)
+	}
+
+	capt, err := lab.StartCapture(h1.NS, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pingAll(t, []*lab.Container{e1, e2})
+	pingAll6(t, []*lab.Container{e1, e2})
+	transferTo(t, e1, e2, e2.IP6, 2<<20)
+	if err := e1.NS.Ping(e2.IP6, 3, "-M", "do", "-s", "1348"); err != nil { // 1396 - 40 - 8
+		t.Errorf("don't-fragment ICMPv6 echo of 1396 bytes over the encrypted network: %v", err)
+	}
+	pk := capt.Stop()
+	t.Logf("measured on h1's IPv6 underlay: %d ESP packets, %d plain VXLAN packets of the encrypted VNI %d, %d fragments",
+		pk.ESP(), pk.VXLAN()[vni], vni, pk.Fragments())
+	if pk.VXLAN()[vni] != 0 || pk.ESP() == 0 || pk.Fragments() != 0 {
+		t.Errorf("underlay: %d plain VXLAN packets of the encrypted VNI (want 0), %d ESP (want > 0), %d fragments (want 0)",
+			pk.VXLAN()[vni], pk.ESP(), pk.Fragments())
+	}
+
+	// Plaintext injected over IPv6 from a machine on the underlay that
+	// runs no vxnet.
+	ce, err := lab.StartCapture(e1.NS, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := l.Etcd.NS.Dial(t.Context(), "udp", net.JoinHostPort(h1.Addr, "4789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	for range 5 {
+		conn.Write(lab.VXLANEcho(vni, mac(e2.MAC), mac(e1.MAC), net.ParseIP(e2.IP), net.ParseIP(e1.IP), 0x7e06))
+	}
+	conn.Close()
+	time.Sleep(time.Second)
+	if got := ce.Stop().EchoRequests(0x7e06); got != 0 {
+		t.Errorf("%d of 5 plaintext packets injected over IPv6 reached a container of the encrypted network", got)
+	}
+
+	wait := pingFor(t, e1, e2.IP6, 6)
+	for _, h := range []*lab.Host{h1, h2} {
+		time.Sleep(2 * time.Second)
+		if out, code := vxnetCmd(h, "rotate"); code != 0 {
+			t.Fatalf("vxnet rotate on %s: %s", h.Name, out)
+		}
+	}
+	sent, lost := wait()
+	t.Logf("measured: ping6 every 20 ms across 2 forced rotations over the IPv6 underlay: %d sent, %d lost", sent, lost)
+	if lost != 0 {
+		t.Errorf("%d of %d IPv6 packets lost across key rotations", lost, sent)
+	}
+	if spi := outSPI(t, h1, h2.Addr); spi == "" {
+		t.Error("no outbound SA between the IPv6 VTEPs")
 	}
 }

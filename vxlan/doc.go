@@ -6,11 +6,14 @@
 // namespace, pinned by a bind mount under Config.NSDir so it outlives the
 // plugin process (a plugin restart must not cut traffic). In it:
 //
-//   - one VXLAN device per IPv4 subnet, named vxnVNI. It is created in the
+//   - one VXLAN device per IPv4 subnet, named vxnVNI (a network's IPv6
+//     subnets share the device of its one IPv4 subnet). It is created in the
 //     host namespace and then moved, because a VXLAN device opens its UDP
 //     socket in the namespace it was created in: packets leave through the
-//     host's underlay. Learning is off and nothing is flooded; the device
-//     answers ARP itself from its neighbour table (the "proxy" flag).
+//     host's underlay, over IPv4 or IPv6 (the VTEP's family). Learning is
+//     off and nothing is flooded; the device answers ARP and IPv6
+//     neighbour solicitations itself from its neighbour table (the "proxy"
+//     flag).
 //   - one macvlan child of that device, in bridge mode, per local endpoint.
 //     It is moved to the host namespace for Docker, which moves it into the
 //     container. Local endpoints switch through the macvlan bridge; frames
@@ -25,9 +28,10 @@
 //
 // # Peers
 //
-// A remote endpoint is two permanent entries on the VXLAN device of its VNI:
-// a neighbour (IP → MAC, for the ARP proxy) and an FDB entry (MAC → the
-// VTEP of its host). Both are written with replace semantics, so a
+// A remote endpoint is permanent entries on the VXLAN device of its VNI:
+// a neighbour per address (IP → MAC, for the ARP and neighbour discovery
+// proxy) and an FDB entry (MAC → the VTEP of its host), which its IPv4
+// and IPv6 addresses share. All are written with replace semantics, so a
 // leftover entry never blocks the right one, and deletes treat "not found"
 // as done.
 //

@@ -16,7 +16,7 @@ type Capture struct {
 	fd   int
 	done chan struct{}
 	mu   sync.Mutex
-	pkts [][]byte // IPv4 packets, without the Ethernet header
+	pkts [][]byte // IPv4 and IPv6 packets, without the Ethernet header
 }
 
 // StartCapture starts capturing on dev in ns.
@@ -56,7 +56,10 @@ func (c *Capture) loop() {
 		default:
 		}
 		n, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if err != nil || n < 14+20 || binary.BigEndian.Uint16(buf[12:14]) != 0x0800 {
+		if err != nil || n < 14+20 {
+			continue
+		}
+		if et := binary.BigEndian.Uint16(buf[12:14]); et != 0x0800 && (et != 0x86dd || n < 14+40) {
 			continue
 		}
 		c.mu.Lock()
@@ -76,10 +79,21 @@ func (c *Capture) Stop() Packets {
 	return Packets(c.pkts)
 }
 
-// Packets are captured IPv4 packets.
+// Packets are captured IPv4 and IPv6 packets.
 type Packets [][]byte
 
+// ipv6Fragment is IPv6's fragment extension header (next header 44).
+const ipv6Fragment = 44
+
 func l4(p []byte) (proto byte, payload []byte, fragment bool) {
+	if p[0]>>4 == 6 {
+		// The extension headers vxnet's traffic may carry: a fragment
+		// header, which hides the rest.
+		if p[6] == ipv6Fragment {
+			return ipv6Fragment, nil, true
+		}
+		return p[6], p[40:], false
+	}
 	ihl := int(p[0]&0x0f) * 4
 	if len(p) < ihl {
 		return 0, nil, false
