@@ -27,8 +27,14 @@ import (
 // release says so).
 
 // schema is the version this build writes. Test builds set another with
-// -ldflags "-X github.com/vxnet/vxnet/peerdb.schema=1.1".
-var schema = "1.0"
+// -ldflags "-X github.com/vxnet/vxnet/peerdb.schema=1.2".
+//
+//	1.0  the first versioned formats
+//	1.1  IPv6: endpoint records' ip6 (and ip may be empty), network
+//	     records' subnets6, the state file's addr6. A 1.0 reader ignores
+//	     them: it programs a dual-stack endpoint's IPv4 address only, and
+//	     refuses an IPv6-only one (no IPv4 address) as invalid.
+var schema = "1.1"
 
 // Version is a schema version.
 type Version struct{ Major, Minor int }

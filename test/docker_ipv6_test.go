@@ -62,6 +62,15 @@ func TestDockerIPv6DualStackInSwarm(t *testing.T) {
 		"--subnet", "198.18.70.0/24", "--subnet", "fd00:70::/64", "v6net"); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, line := range strings.Split(m.Log(), "\n") {
+				if strings.Contains(line, "llocat") || strings.Contains(line, "v6net") || strings.Contains(line, "IPv6") {
+					t.Log(line)
+				}
+			}
+		}
+	})
 	dualStackAcrossHosts(t, s, "v6net", "fd00:70::")
 }
 
