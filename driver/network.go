@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -35,6 +36,9 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	if o.name != "" {
 		return nil, invalid("option %s is for hosts without swarm (VXNET_SCOPE=local); a swarm network is already one network on every host", OptName)
 	}
+	if err := checkSwarmIPv6(req.IPv4); err != nil {
+		return nil, err
+	}
 	sn, err := parseSubnets(req.IPv4, req.IPv6)
 	if err != nil {
 		return nil, err
@@ -61,6 +65,20 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 	out[OptVNIs] = joinVNIs(rec.VNIs)
 	d.log.WithFields(map[string]any{"nid": req.NID, "vni": out[OptVNIs]}).Info("network allocated")
 	return out, nil
+}
+
+// checkSwarmIPv6 refuses a swarm network whose IPv6 subnets the swarm
+// manager handed over as IPv4 pools: such a swarm allocates IPv6 no
+// better than that (measured with Docker 20.10: containers on different
+// hosts got the same IPv4 address), so vxnet says so instead of making a
+// network that black-holes.
+func checkSwarmIPv6(v4 []ipamData) error {
+	for _, d := range v4 {
+		if p, err := netip.ParsePrefix(d.Pool); err == nil && p.Addr().Is6() && !p.Addr().Is4In6() {
+			return invalid("swarm handed IPv6 subnet %s over as an IPv4 pool: this Docker's swarm does not allocate IPv6 addresses (tasks on different hosts get one address); use a Docker whose swarm does (README, \"IPv6\"), or vxnet without swarm (VXNET_SCOPE=local), where vxnet's IPAM allocates IPv6", p)
+		}
+	}
+	return nil
 }
 
 // checkVNICount refuses a VNI option that does not give one VNI per

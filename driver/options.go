@@ -192,6 +192,9 @@ func parseSubnets(v4, v6 []ipamData) (subnets, error) {
 	if len(v4) == 0 && len(v6) == 0 {
 		return s, invalid("no subnet: give one with --subnet")
 	}
+	// Swarm (Docker 20.10) hands every pool over as IPv4 data, IPv6 ones
+	// too: the family is the address's, not the list's.
+	v4, v6 = byFamily(v4, v6)
 	if s.v4, s.gws4, err = parsePools(v4, false); err != nil {
 		return s, err
 	}
@@ -205,6 +208,20 @@ func parseSubnets(v4, v6 []ipamData) (subnets, error) {
 		return s, invalid("%d IPv6 subnets: vxnet takes at most %d per network", len(s.v6), maxSubnets6)
 	}
 	return s, nil
+}
+
+// byFamily moves the IPv6 pools of v4 to v6, in their order, after v6's
+// own. Pools that parse as neither stay where they are, to be refused.
+func byFamily(v4, v6 []ipamData) ([]ipamData, []ipamData) {
+	var keep4, more6 []ipamData
+	for _, d := range v4 {
+		if p, err := netip.ParsePrefix(d.Pool); err == nil && p.Addr().Is6() && !p.Addr().Is4In6() {
+			more6 = append(more6, d)
+		} else {
+			keep4 = append(keep4, d)
+		}
+	}
+	return keep4, append(slices.Clone(v6), more6...)
 }
 
 // parsePools reads the pools of one address family.

@@ -66,7 +66,9 @@ func TestParseSubnets(t *testing.T) {
 		{v6: []ipamData{{"fd00:1::/64", ""}}, want: "[] [] [fd00:1::/64] [invalid IP]"},
 		{v4: []ipamData{{"198.18.90.0/24", ""}, {"198.18.91.0/24", ""}}, v6: []ipamData{{"fd00:1::/64", ""}}, wantErr: "takes one IPv4 subnet"},
 		{v6: []ipamData{{"198.18.90.0/24", ""}}, wantErr: "not an IPv6 CIDR"},
-		{v4: []ipamData{{"fd00:1::/64", ""}}, wantErr: "not an IPv4 CIDR"},
+		// Swarm gives IPv6 pools as IPv4 data: the address decides.
+		{v4: []ipamData{{"198.18.90.0/24", ""}, {"fd00:1::/64", "fd00:1::1"}}, want: "[198.18.90.0/24] [invalid IP] [fd00:1::/64] [fd00:1::1]"},
+		{v4: []ipamData{{"::ffff:198.18.0.0/120", ""}}, wantErr: "not an IPv4 CIDR"},
 		{v6: []ipamData{{"::ffff:198.18.0.0/120", ""}}, wantErr: "not an IPv6 CIDR"},
 		{v6: []ipamData{{"fd00:1::/64", "198.18.0.1"}}, wantErr: "not an IPv6 address"},
 		{v6: []ipamData{{"fd00:1::/64", "fd00:2::1"}}, wantErr: "outside subnet"},
