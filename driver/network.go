@@ -150,7 +150,10 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 		return invalid("option %s is for hosts without swarm (VXNET_SCOPE=local)", OptName)
 	}
 	if o.vnis == nil {
-		return invalid("network %s has no VNI: vxnet networks get theirs from a swarm manager (docker network create on a manager, scope global)", req.NID)
+		// Without swarm, Docker 26 and 28 pass a global-scope network
+		// to the driver (20.10 refused it itself, "not a swarm manager").
+		return invalid("network %s has no VNI: in swarm, vxnet networks get theirs from a manager (docker network create on a manager); "+
+			"without swarm, install vxnet with VXNET_SCOPE=local and create the network on every host with -o %s=NAME", req.NID, OptName)
 	}
 	if len(o.vnis) != sn.segments() {
 		return invalid("network %s has %d VNIs for %d segments: recreate it", req.NID, len(o.vnis), sn.segments())
