@@ -91,6 +91,17 @@ func versionSwarm(t *testing.T, v dockerRelease) {
 	pingEveryPair(t, s, ips, func(d *lab.Daemon) string { return "v" + d.Host.Name })
 	dockerTransfer(t, s.Daemons[0], "vh1", s.Daemons[2], "vh3", ips[s.Daemons[2]], 10)
 	macsAgree(t, s, nid, "vnet", false, func(d *lab.Daemon) string { return "v" + d.Host.Name })
+	// An operator runs vxnet from the plugin's rootfs against its socket,
+	// where the README says they are.
+	for _, d := range s.Daemons {
+		bin, sock, err := d.PluginPaths(drv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := d.InHostMounts(bin, "check", "--socket", sock); err != nil || !strings.Contains(out, "ok: the kernel holds exactly the peers the table says") {
+			t.Errorf("vxnet check on %s (%s, socket %s): %v\n%s", d.Host.Name, bin, sock, err, out)
+		}
+	}
 
 	removeAtEnd(t, m, "service", "rm", "vweb")
 	if _, err := m.Docker("service", "create", "--detach=false", "--quiet", "--name", "vweb", "--network", "vnet",

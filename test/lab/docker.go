@@ -242,7 +242,7 @@ func (d *Daemon) Log() string {
 
 // PluginPaths are where an operator on d's host finds the vxnet binary of
 // managed plugin ref (in its rootfs, under --data-root, by default
-// /var/lib/docker) and its socket (Docker 20.10 puts it in
+// /var/lib/docker) and its socket (Docker 20.10, 26.1 and 28.5 put it in
 // /run/docker/plugins/ID/ whatever --exec-root says).
 func (d *Daemon) PluginPaths(ref string) (bin, socket string, err error) {
 	id, err := d.Docker("plugin", "inspect", "-f", "{{.Id}}", ref)
