@@ -33,7 +33,7 @@ type Daemon struct {
 	Host    *Host
 	Dir     string
 	Sock    string
-	Version DockerVersion
+	Version DockerVersion // the release it runs
 	cmd     *exec.Cmd
 }
 
@@ -42,7 +42,7 @@ type Swarm struct {
 	*Lab
 	Daemons  []*Daemon
 	Managers int
-	Version  DockerVersion
+	Version  DockerVersion // the release every daemon runs
 	registry *exec.Cmd
 }
 
