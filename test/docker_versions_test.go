@@ -28,12 +28,14 @@ type dockerRelease struct {
 	// operInfo: Docker asks EndpointOperInfo once for each endpoint it
 	// makes (28), or never in these scenarios (20.10, 26).
 	operInfo bool
+	// ipv4Off: Docker has --ipv4=false, for IPv6-only networks (28).
+	ipv4Off bool
 }
 
 var dockerReleases = []dockerRelease{
-	{lab.Docker20, false},
-	{lab.Docker26, false},
-	{lab.Docker28, true},
+	{lab.Docker20, false, false},
+	{lab.Docker26, false, false},
+	{lab.Docker28, true, true},
 }
 
 func TestDockerVersions(t *testing.T) {
@@ -138,6 +140,15 @@ func versionSwarm(t *testing.T, v dockerRelease) {
 		return nil
 	})
 
+	// Swarm's networks keep IPv4: an IPv6-only one is refused by Docker.
+	if v.ipv4Off {
+		removeNetworkAtEnd(t, m, "v6swarm")
+		_, err := m.Docker("network", "create", "-d", drv, "--attachable", "--ipv6", "--ipv4=false", "--subnet", "fd00:75::/64", "v6swarm")
+		if want := "IPv4 cannot be disabled in a Swarm scoped network"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("IPv6-only network in swarm: %v; want %q", err, want)
+		}
+	}
+
 	// Docker rewriting its iptables rules (a new bridge network) leaves
 	// vxnet's nftables table whole, beside Docker's rules.
 	h2 := s.Daemons[1]
@@ -205,6 +216,21 @@ func versionWithoutSwarm(t *testing.T, v dockerRelease) {
 	_, err = h2.Docker("run", "-d", "--name", "st2", "--network", "vlocal", "--ip", "198.18.72.200", "busybox:latest", "sleep", "3600")
 	if want := "address 198.18.72.200 is in use (endpoint on h1)"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("--ip held by h1's container, on h2: %v; want %q", err, want)
+	}
+
+	// Without swarm, an IPv6-only network (--ipv4=false) across hosts.
+	if v.ipv4Off {
+		for _, d := range []*lab.Daemon{h1, h2} {
+			removeNetworkAtEnd(t, d, "v6only")
+			mustDocker(t, d, "network", "create", "-d", drv, "--ipam-driver", drv, "--ipv6", "--ipv4=false",
+				"--subnet", "fd00:76::/64", "-o", "vxnet.network=v6only", "v6only")
+			removeAtEnd(t, d, "rm", "-f", "six"+d.Host.Name)
+			mustDocker(t, d, "run", "-d", "--name", "six"+d.Host.Name, "--network", "v6only", "busybox:latest", "sleep", "3600")
+		}
+		ip := mustDocker(t, h2, "inspect", "-f", `{{(index .NetworkSettings.Networks "v6only").GlobalIPv6Address}}`, "sixh2")
+		if out, err := h1.Docker("exec", "sixh1", "ping", "-c", "2", "-W", "2", ip); err != nil {
+			t.Errorf("IPv6-only network, h1 -> h2 (%s): %v %s", ip, err, out)
+		}
 	}
 	operInfo(t, s, v)
 }
