@@ -167,7 +167,8 @@ func versionSwarm(t *testing.T, v dockerRelease) {
 // default, global scope, refuses a network with words that name the fix;
 // then set to VXNET_SCOPE=local, one network made on every host with
 // vxnet's IPAM carries pings and a transfer, the MACs Docker chose are
-// the ones programmed, and a static address is the host's that took it.
+// the ones programmed, and a static address is the host's that took it;
+// where Docker has --ipv4=false (28), an IPv6-only network carries pings.
 func versionWithoutSwarm(t *testing.T, v dockerRelease) {
 	s, drv := versionLab(t, v.DockerVersion, 0)
 	h1, h2 := s.Daemons[0], s.Daemons[1]
