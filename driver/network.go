@@ -168,7 +168,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 		return invalid("option %s is for hosts without swarm (VXNET_SCOPE=local)", OptName)
 	}
 	if o.vnis == nil {
-		return invalid("network %s has no VNI: vxnet networks get theirs from a swarm manager (docker network create on a manager, scope global)", req.NID)
+		// Without swarm, Docker 20.10, 26 and 28 all pass a global-scope
+		// network to CreateNetwork, and show the user this refusal (20.10
+		// says "This node is not a swarm manager" only of a network the
+		// driver accepted; TestDockerVersions).
+		return invalid("network %s has no VNI: in swarm, vxnet networks get theirs from a manager (docker network create on a manager); "+
+			"without swarm, install vxnet with VXNET_SCOPE=local and create the network on every host with -o %s=NAME", req.NID, OptName)
 	}
 	if len(o.vnis) != sn.segments() {
 		return invalid("network %s has %d VNIs for %d segments: recreate it", req.NID, len(o.vnis), sn.segments())

@@ -47,6 +47,12 @@ func requireDockerLab(t *testing.T) {
 // buildSwarm is newSwarm's work, for a t that may outlive one test.
 func buildSwarm(t nstest.T, n, managers int, settings func(*lab.Host) []string, prepare ...func(*lab.Lab)) (*lab.Swarm, string) {
 	t.Helper()
+	return buildSwarmOf(t, lab.Docker20, n, managers, settings, prepare...)
+}
+
+// buildSwarmOf is buildSwarm with the daemons of Docker release v.
+func buildSwarmOf(t nstest.T, v lab.DockerVersion, n, managers int, settings func(*lab.Host) []string, prepare ...func(*lab.Lab)) (*lab.Swarm, string) {
+	t.Helper()
 	// Unix socket paths under a test's own temporary directory grow past
 	// the kernel's 108 bytes; containerd's would not fit.
 	dir, err := os.MkdirTemp("", "vxl")
@@ -58,7 +64,7 @@ func buildSwarm(t nstest.T, n, managers int, settings func(*lab.Host) []string, 
 	for _, p := range prepare {
 		p(l)
 	}
-	s := lab.NewSwarm(l, managers)
+	s := lab.NewSwarmWith(l, managers, v)
 	ref := s.InstallPlugin(pluginDir, "t1", settings)
 	if managers > 0 {
 		// So that no test depends on an earlier one having given swarm

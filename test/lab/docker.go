@@ -20,7 +20,8 @@ import (
 // listens: plugins are pushed there and installed from there, as a user would.
 const RegistryAddr = "192.0.2.3:5000"
 
-// DockerCLI is Debian's docker client, matching the lab's dockerd 20.10.
+// DockerCLI is Debian's docker client, matching the lab's default dockerd
+// 20.10 (Docker20).
 const DockerCLI = "/usr/bin/docker"
 
 // Daemon is a real dockerd on a simulated host: in the host's network
@@ -29,10 +30,11 @@ const DockerCLI = "/usr/bin/docker"
 // host name of its own (the host's name), and its own data-root, exec-root
 // and API socket.
 type Daemon struct {
-	Host *Host
-	Dir  string
-	Sock string
-	cmd  *exec.Cmd
+	Host    *Host
+	Dir     string
+	Sock    string
+	Version DockerVersion // the release it runs
+	cmd     *exec.Cmd
 }
 
 // Swarm is a lab whose hosts run dockerd in one swarm.
@@ -40,6 +42,7 @@ type Swarm struct {
 	*Lab
 	Daemons  []*Daemon
 	Managers int
+	Version  DockerVersion // the release every daemon runs
 	registry *exec.Cmd
 }
 
@@ -55,16 +58,24 @@ func DockerAvailable() error {
 
 // NewSwarm starts a registry and a dockerd on each of the lab's hosts,
 // joins them into a swarm with managers managers (0: no swarm, plain
-// Docker hosts), and imports a busybox image on each.
+// Docker hosts), and imports a busybox image on each. The daemons run the
+// machine's own Docker, 20.10.
 func NewSwarm(l *Lab, managers int) *Swarm {
+	l.t.Helper()
+	return NewSwarmWith(l, managers, Docker20)
+}
+
+// NewSwarmWith is NewSwarm with the daemons of Docker release v; the
+// caller checks v.Available first.
+func NewSwarmWith(l *Lab, managers int, v DockerVersion) *Swarm {
 	t := l.t
 	t.Helper()
-	s := &Swarm{Lab: l, Managers: managers}
+	s := &Swarm{Lab: l, Managers: managers, Version: v}
 	s.startRegistry()
 	image := s.busyboxTar()
 	var wg sync.WaitGroup
 	for _, h := range l.Hosts {
-		d := &Daemon{Host: h, Dir: filepath.Join(l.dir, h.Name, "docker")}
+		d := &Daemon{Host: h, Dir: filepath.Join(l.dir, h.Name, "docker"), Version: v}
 		d.Sock = filepath.Join(d.Dir, "docker.sock")
 		s.Daemons = append(s.Daemons, d)
 		d.start(t)
@@ -142,6 +153,7 @@ func (d *Daemon) start(t nstest.T) {
 	}
 	// A fresh sysfs shows the host namespace's devices; the cgroup tree
 	// must be bound back or dockerd fails ("Devices cgroup isn't mounted").
+	// A later release then moves into its rootfs.
 	script := fmt.Sprintf(`set -e
 hostname %[5]s
 mount --rbind /sys/fs/cgroup %[1]s
@@ -150,10 +162,10 @@ mount --rbind %[1]s /sys/fs/cgroup
 mount -t tmpfs -o mode=755 tmpfs /run
 mount --make-shared /run
 mkdir -p /run/docker/plugins
-exec dockerd --data-root %[2]s/data --exec-root %[2]s/exec -H unix://%[3]s --pidfile %[2]s/docker.pid \
+%[6]sexec dockerd --data-root %[2]s/data --exec-root %[2]s/exec -H unix://%[3]s --pidfile %[2]s/docker.pid \
   --bip 198.19.0.1/24 --default-address-pool base=198.19.0.0/16,size=24 \
   --insecure-registry %[4]s --log-level info
-`, cg, d.Dir, d.Sock, RegistryAddr, d.Host.Name)
+`, cg, d.Dir, d.Sock, RegistryAddr, d.Host.Name, d.Version.pivotScript(d.Dir, d.Dir+"-root"))
 	logf, err := os.Create(filepath.Join(d.Dir, "dockerd.log"))
 	if err != nil {
 		t.Fatalf("%v", err)
@@ -201,9 +213,10 @@ func (d *Daemon) stop() {
 	killDescendantsOf(d.Dir)
 }
 
-// Docker runs the docker CLI against d.
+// Docker runs the docker CLI of d's release against d.
 func (d *Daemon) Docker(args ...string) (string, error) {
-	cmd := exec.Command(DockerCLI, append([]string{"-H", "unix://" + d.Sock}, args...)...)
+	cli := d.Version.cli()
+	cmd := exec.Command(cli[0], append(append(cli[1:], "-H", "unix://"+d.Sock), args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -229,7 +242,7 @@ func (d *Daemon) Log() string {
 
 // PluginPaths are where an operator on d's host finds the vxnet binary of
 // managed plugin ref (in its rootfs, under --data-root, by default
-// /var/lib/docker) and its socket (Docker 20.10 puts it in
+// /var/lib/docker) and its socket (Docker 20.10, 26.1 and 28.5 put it in
 // /run/docker/plugins/ID/ whatever --exec-root says).
 func (d *Daemon) PluginPaths(ref string) (bin, socket string, err error) {
 	id, err := d.Docker("plugin", "inspect", "-f", "{{.Id}}", ref)
@@ -275,9 +288,15 @@ func (d *Daemon) InNetwork(nid string, args ...string) (string, error) {
 }
 
 // InHostMounts runs a command with the host's mounts (dockerd's mount
-// namespace) and network namespace.
+// namespace) and network namespace. The command is the machine's, also for
+// a daemon in a rootfs (it runs chroot'ed to the machine's root, which
+// holds the daemon's /run and directory as the rootfs does).
 func (d *Daemon) InHostMounts(args ...string) (string, error) {
-	full := append([]string{"-t", strconv.Itoa(d.Pid()), "-m", "-n"}, args...)
+	full := []string{"-t", strconv.Itoa(d.Pid()), "-m", "-n"}
+	if d.Version.Rootfs() != "" {
+		full = append(full, "chroot", hostRoot)
+	}
+	full = append(full, args...)
 	out, err := exec.Command("nsenter", full...).CombinedOutput()
 	return string(out), err
 }
