@@ -207,6 +207,10 @@ func parseServices(nid string, n *networkJSON) ([]Service, error) {
 	return out, nil
 }
 
+// Owns reports whether endpoint eid of network nid is vxnet's: restore
+// takes back only those.
+type Owns func(nid, eid string) bool
+
 // maxContainers bounds the containers read back at restore.
 const maxContainers = 65536
 

@@ -21,10 +21,6 @@ import (
 // anywhere reaches the rules here within the gossip's delay plus this.
 const PollInterval = 250 * time.Millisecond
 
-// Owns reports whether endpoint eid of network nid is vxnet's: restore
-// takes back only those.
-type Owns func(nid, eid string) bool
-
 // LB programs the VIPs of swarm services into the namespace of each
 // container attached to a vxnet network on this host. Join and Leave tell
 // it of containers (Attach, Detach); Run's loop alone reads dockerd and
