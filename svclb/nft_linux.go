@@ -43,6 +43,10 @@ func TableName(nid string) string { return tablePrefix + nid[:min(len(nid), tabl
 // connection on the task it was given, across later programs; replies are
 // un-NATed by conntrack too. A VIP with no task gets no rule: its packets
 // go unanswered, as with Docker's own load balancer.
+//
+// `nft list` shows the map's keys 1, 2, … as 16777216, 33554432, …: the
+// nftables package marks an anonymous set's keys big-endian, and numgen's
+// are in host order, as the map holds them. Only the listing is off.
 func Program(nsPath, nid string, services []Service) error {
 	return inNamespace(nsPath, func(c *nftables.Conn) error {
 		t := c.AddTable(&nftables.Table{Name: TableName(nid), Family: nftables.TableFamilyIPv4})
