@@ -56,11 +56,15 @@
 // attached. A task that starts or stops anywhere reaches every client
 // within the gossip's delay and one poll.
 //
-// A task being removed stays in dockerd's table until its container has
-// stopped (Docker's own balancer hears earlier that it is disabled; the
-// API does not say), so it receives new connections until its process
-// ends: at once for a server that exits on SIGTERM, else after the
-// service's stop grace period.
+// A task being removed stays in the API's table until its container has
+// stopped, but swarm disables it first, 2 s before its stop signal, and
+// Docker's own balancer stops sending it connections then. The API does
+// not say so; Docker's embedded DNS does: tasks.NAME names only the
+// enabled tasks (and a task with a health check only once it is
+// healthy). So each poll also asks that DNS, from inside one of the
+// network's containers here (enabledTasks), and balances over the tasks
+// both name. If the DNS does not answer, every task the API lists gets
+// connections, with a log line, until it does.
 //
 // Without a socket (VXNET_DOCKER_SOCKET empty) LB is off and says so once;
 // while dockerd does not answer, the rules in place stay and the log says

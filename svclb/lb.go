@@ -6,8 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +44,7 @@ type LB struct {
 	applied  map[epKey]applied
 	off      error            // why dockerd does not answer, logged once
 	refused  map[string]error // per network: why its last answer was refused
+	noDNS    map[string]error // per network: why Docker's DNS did not say which tasks are enabled
 	failed   map[epKey]error  // per endpoint: why its last program failed
 	restored bool             // containers attached before this run are taken back
 }
@@ -64,6 +67,7 @@ func New(docker *Docker, sandboxDir string, owns Owns, log *logrus.Entry) *LB {
 		kick:     make(chan struct{}, 1),
 		applied:  map[epKey]applied{},
 		refused:  map[string]error{},
+		noDNS:    map[string]error{},
 		failed:   map[epKey]error{},
 	}
 }
@@ -172,10 +176,50 @@ func (lb *LB) sync(ctx context.Context) {
 		if err != nil {
 			continue // logged; the rules in place stay
 		}
+		slices.SortFunc(eps, func(a, b epKey) int { return strings.Compare(a.eid, b.eid) })
+		services = lb.onlyEnabled(nid, eps, want, services)
 		for _, k := range eps {
 			lb.apply(k, want[k], services)
 		}
 	}
+}
+
+// dnsTries is how many of a network's containers are asked for a
+// service's enabled tasks in one poll, at most.
+const dnsTries = 2
+
+// onlyEnabled keeps, of each service's tasks, those Docker's embedded DNS
+// names (enabledTasks): it asks from the namespace of one of the
+// network's containers here, trying the next if one does not answer. If
+// none does, the API's list stands, with a log line.
+func (lb *LB) onlyEnabled(nid string, eps []epKey, nsPaths map[epKey]string, services []Service) []Service {
+	out := make([]Service, len(services))
+	var failed error
+	for i, s := range services {
+		out[i] = s
+		var enabled map[netip.Addr]bool
+		err := errors.New("no container namespace to ask from")
+		for _, k := range eps[:min(len(eps), dnsTries)] {
+			if enabled, err = enabledTasks(nsPaths[k], s.Name); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			failed = err
+			continue
+		}
+		out[i].Tasks = slices.DeleteFunc(slices.Clone(s.Tasks), func(a netip.Addr) bool { return !enabled[a] })
+	}
+	log := lb.log.WithField("nid", nid)
+	switch {
+	case failed != nil && lb.noDNS[nid] == nil:
+		log.WithError(failed).Warn("Docker's embedded DNS does not say which tasks are enabled: VIPs go to every task dockerd lists, tasks being stopped included")
+		lb.noDNS[nid] = failed
+	case failed == nil && lb.noDNS[nid] != nil:
+		log.Info("Docker's embedded DNS answers again: VIPs go to the enabled tasks")
+		delete(lb.noDNS, nid)
+	}
+	return out
 }
 
 // services reads the VIP services of network nid, logging when dockerd

@@ -110,6 +110,19 @@ func TestLBFollowsDocker(t *testing.T) {
 		return strings.Contains(s, "198.18.70.4") && !strings.Contains(s, "198.18.70.3")
 	})
 
+	// With Docker's embedded DNS in the namespace, only the tasks it names
+	// (the enabled ones) get connections.
+	ln, err := ns.Listen("tcp", embeddedDNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveDNS(ln, map[string][][4]byte{"tasks.web.": {{198, 18, 70, 3}, {198, 18, 70, 5}}})
+	fake.set(vipService("198.18.70.3", "198.18.70.4", "198.18.70.5"))
+	waitFor("only the tasks DNS names", 2*PollInterval, func(s string) bool {
+		return strings.Contains(s, "198.18.70.3") && strings.Contains(s, "198.18.70.5") && !strings.Contains(s, "198.18.70.4")
+	})
+
 	lb.Detach(nid, "e1")
 	waitFor("no table after Detach", time.Second, func(s string) bool { return !strings.Contains(s, TableName(nid)) })
 }
