@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +115,41 @@ func TestProgramSpreadsAndKeepsConnections(t *testing.T) {
 		t.Fatal("no connection reached 10.99.0.4")
 	}
 	defer held.Close()
+
+	// UDP too: a datagram to the VIP reaches a task, and its answer comes
+	// back from the VIP (conntrack un-NATs it), so a connected socket takes it.
+	for _, a := range tasks {
+		var pc net.PacketConn
+		if err := ns.Do(func() (err error) { pc, err = net.ListenPacket("udp", a+":53"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo([]byte(a), from)
+			}
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	uc, err := ns.Dial(ctx, "udp", vip+":53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc.SetDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	if _, err := uc.Write([]byte("who")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := uc.Read(buf); err != nil || !slices.Contains(tasks, string(buf[:n])) {
+		t.Errorf("UDP to the VIP: %q %v; want a task's answer", buf[:n], err)
+	}
+	uc.Close()
 
 	// Scale down to the first two tasks: new connections go there only,
 	// the held one still talks to 10.99.0.4.
