@@ -42,11 +42,11 @@ type LB struct {
 
 	// The loop's own state, touched by Run alone.
 	applied  map[epKey]applied
-	off      error            // why dockerd does not answer, logged once
-	refused  map[string]error // per network: why its last answer was refused
-	noDNS    map[string]error // per network: why Docker's DNS did not say which tasks are enabled
-	failed   map[epKey]error  // per endpoint: why its last program failed
-	restored bool             // containers attached before this run are taken back
+	off      error                 // why dockerd does not answer, logged once
+	refused  map[string]error      // per network: why its last answer was refused
+	noDNS    map[string]*dnsOutage // per network: since when Docker's DNS does not say which tasks are enabled
+	failed   map[epKey]error       // per endpoint: why its last program failed
+	restored bool                  // containers attached before this run are taken back
 }
 
 type epKey struct{ nid, eid string }
@@ -67,7 +67,7 @@ func New(docker *Docker, sandboxDir string, owns Owns, log *logrus.Entry) *LB {
 		kick:     make(chan struct{}, 1),
 		applied:  map[epKey]applied{},
 		refused:  map[string]error{},
-		noDNS:    map[string]error{},
+		noDNS:    map[string]*dnsOutage{},
 		failed:   map[epKey]error{},
 	}
 }
@@ -184,6 +184,16 @@ func (lb *LB) sync(ctx context.Context) {
 	}
 }
 
+// dnsGrace is how long Docker's DNS may fail to answer before the log
+// says so: a container that just joined has no resolver yet.
+const dnsGrace = 2 * time.Second
+
+// dnsOutage is a time Docker's DNS does not answer for a network.
+type dnsOutage struct {
+	since  time.Time
+	logged bool
+}
+
 // dnsTries is how many of a network's containers are asked for a
 // service's enabled tasks in one poll, at most.
 const dnsTries = 2
@@ -211,12 +221,17 @@ func (lb *LB) onlyEnabled(nid string, eps []epKey, nsPaths map[epKey]string, ser
 		out[i].Tasks = slices.DeleteFunc(slices.Clone(s.Tasks), func(a netip.Addr) bool { return !enabled[a] })
 	}
 	log := lb.log.WithField("nid", nid)
+	o := lb.noDNS[nid]
 	switch {
-	case failed != nil && lb.noDNS[nid] == nil:
-		log.WithError(failed).Warn("Docker's embedded DNS does not say which tasks are enabled: VIPs go to every task dockerd lists, tasks being stopped included")
-		lb.noDNS[nid] = failed
-	case failed == nil && lb.noDNS[nid] != nil:
-		log.Info("Docker's embedded DNS answers again: VIPs go to the enabled tasks")
+	case failed != nil && o == nil:
+		lb.noDNS[nid] = &dnsOutage{since: time.Now()}
+	case failed != nil && !o.logged && time.Since(o.since) > dnsGrace:
+		log.WithError(failed).Warnf("Docker's embedded DNS has not said which tasks are enabled for %v: VIPs go to every task dockerd lists, tasks being stopped included", dnsGrace)
+		o.logged = true
+	case failed == nil && o != nil:
+		if o.logged {
+			log.Info("Docker's embedded DNS answers again: VIPs go to the enabled tasks")
+		}
 		delete(lb.noDNS, nid)
 	}
 	return out
