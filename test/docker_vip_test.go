@@ -363,10 +363,12 @@ func stockVIP(t *testing.T, s *lab.Swarm) {
 		t.Fatal(err)
 	}
 	removeAtEnd(t, m, "service", "rm", "vip-stock")
+	created := time.Now()
 	if _, err := m.Docker(append([]string{"service", "create", "--detach=false", "--quiet", "--name", "vip-stock", "--network", "vipstock",
 		"--replicas", "3", "--init", "--no-resolve-image", "busybox:latest"}, vipServer...)...); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("stock overlay: service create took %v", time.Since(created).Round(time.Millisecond))
 	vip := serviceVIP(t, m, "vip-stock", nidOf(t, m, "vipstock"))
 	removeAtEnd(t, cd, "network", "disconnect", "-f", "vipstock", "vip-client") // before the network's removal
 	if _, err := cd.Docker("network", "connect", "vipstock", "vip-client"); err != nil {
