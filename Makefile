@@ -29,7 +29,7 @@ test:
 
 # Tests that need neither root nor etcd.
 test-unit:
-	$(GO) test -count=1 ./config ./driver ./plugin ./ipsec ./monitoring
+	$(GO) test -count=1 ./config ./driver ./plugin ./ipsec ./monitoring ./svclb
 
 # Three dockerd hosts in a swarm, vxnet installed from a lab registry.
 demo: plugin

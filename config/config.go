@@ -42,6 +42,11 @@ type Settings struct {
 	// makes) the one in etcd.
 	GossipKey   []byte
 	KeyRotation time.Duration
+	// DockerSocket is dockerd's API socket, where VIP load balancing reads
+	// swarm services; "" turns it off. SandboxDir is where Docker's
+	// container namespaces (<exec-root>/netns) are seen.
+	DockerSocket string
+	SandboxDir   string
 }
 
 // DefaultVNIRange stays clear of Docker's stock overlay, which allocates
@@ -162,6 +167,10 @@ var table = []setting{
 	{"VXNET_REQUEST_TIMEOUT", "request-timeout", "20s", "deadline of each Docker request; keep it below Docker's 30 s",
 		duration(func(s *Settings) *time.Duration { return &s.Timeout },
 			func(d time.Duration) bool { return d > 0 }, "a positive duration such as 20s")},
+	{"VXNET_DOCKER_SOCKET", "docker-socket", "/run/docker.sock", "dockerd's API socket, read for the VIPs and tasks of swarm services (VIP load balancing); off when empty",
+		str(func(s *Settings) *string { return &s.DockerSocket })},
+	{"VXNET_SANDBOX_DIR", "sandbox-dir", "/run/docker/netns", "where Docker's container namespaces are seen (dockerd's <exec-root>/netns), to program VIPs in them",
+		str(func(s *Settings) *string { return &s.SandboxDir })},
 	{"VXNET_METRICS_ADDR", "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 192.0.2.11:9476); off when empty",
 		str(func(s *Settings) *string { return &s.MetricsAddr })},
 	{"VXNET_LOG_LEVEL", "log-level", "info", "debug, info, warn or error",

@@ -89,9 +89,14 @@ func TestPluginConfigOffersEverySetting(t *testing.T) {
 			t.Errorf("config.json lacks %s", st.env)
 			continue
 		}
-		if st.env == "VXNET_NETNS_DIR" {
-			if v != "/host/run/vxnet/netns" {
-				t.Errorf("config.json pins namespaces at %q; want them on the host's /run, mounted at /host/run", v)
+		// Paths on the host's /run are seen under the run mount.
+		if onRun := map[string]string{
+			"VXNET_NETNS_DIR":     "/host/run/vxnet/netns",
+			"VXNET_DOCKER_SOCKET": "/host/run/docker.sock",
+			"VXNET_SANDBOX_DIR":   "/host/run/docker/netns",
+		}; onRun[st.env] != "" {
+			if v != onRun[st.env] {
+				t.Errorf("config.json sets %s=%q; want %q, the host's %s seen through the run mount at /host/run", st.env, v, onRun[st.env], st.def)
 			}
 			continue
 		}

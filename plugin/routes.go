@@ -59,6 +59,7 @@ func (h *Handler) routes() {
 		if err != nil {
 			return nil, err
 		}
+		h.attached(r.NetworkID, r.EndpointID, r.SandboxKey)
 		out := network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: res.SrcName, DstPrefix: "eth"}}
 		for _, rt := range res.Routes {
 			sr := &network.StaticRoute{Destination: rt.Dst.String(), RouteType: routeConnected}
@@ -70,6 +71,7 @@ func (h *Handler) routes() {
 		return out, nil
 	})
 	handle(h, "NetworkDriver.Leave", func(ctx context.Context, d Driver, r *network.LeaveRequest) (any, error) {
+		h.detached(r.NetworkID, r.EndpointID)
 		return nil, d.Leave(ctx, r.NetworkID, r.EndpointID)
 	})
 	// Discovery tells a swarm node its own and its peers' addresses. vxnet

@@ -62,6 +62,8 @@ type Handler struct {
 	scope   string
 	mux     *http.ServeMux
 	state   atomic.Pointer[driverState]
+	// attachments hears of Joins and Leaves (attachments.go); nil: none.
+	attachments atomic.Pointer[attachmentsHolder]
 }
 
 type driverState struct {

@@ -38,6 +38,7 @@ import (
 	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/peerdb"
 	"github.com/vxnet/vxnet/plugin"
+	"github.com/vxnet/vxnet/svclb"
 	"github.com/vxnet/vxnet/vxlan"
 	"golang.org/x/sync/errgroup"
 )
@@ -252,12 +253,28 @@ func runNode(ctx context.Context, s config.Settings, h *plugin.Handler, log *log
 	if s.MetricsAddr != "" {
 		g.Go(func() error { serveMetrics(gctx, s.MetricsAddr, d, log); return nil })
 	}
+	if s.Scope == "global" { // only swarm networks have services
+		lb := serviceLB(s, d, log.WithField("part", "svclb"))
+		g.Go(func() error { lb.Run(gctx); return nil })
+		h.SetAttachments(lb) // before SetDriver: no Join is missed
+	}
 	h.SetDriver(d, alloc)
 	log.WithFields(logrus.Fields{
 		"socket": s.Socket, "node": s.NodeName, "vtep": underlay.Addr, "dev": underlay.Name,
 		"mtu": underlay.MTU, "etcd": s.EtcdEndpoints, "scope": s.Scope, "version": version, "schema": peerdb.Schema.String(),
 	}).Info("vxnet serving")
 	return g.Wait()
+}
+
+// serviceLB is the VIP load balancer of swarm services on vxnet networks,
+// reading them from dockerd (off without VXNET_DOCKER_SOCKET).
+func serviceLB(s config.Settings, d *driver.Driver, log *logrus.Entry) *svclb.LB {
+	var docker *svclb.Docker
+	if s.DockerSocket != "" {
+		docker = svclb.NewDocker(s.DockerSocket)
+	}
+	owns := func(nid, eid string) bool { _, err := d.EndpointInfo(nid, eid); return err == nil }
+	return svclb.New(docker, s.SandboxDir, owns, log)
 }
 
 // startEncryption loads the node key and takes over the IPsec state left

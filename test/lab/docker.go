@@ -28,7 +28,10 @@ const DockerCLI = "/usr/bin/docker"
 // namespace, with a mount namespace of its own holding a private /run (so
 // /run/docker/plugins and /run/vxnet are per host, as on real machines), a
 // host name of its own (the host's name), and its own data-root, exec-root
-// and API socket.
+// and API socket (Sock, for the tests). As on a host with Docker's
+// defaults, the host's /run also holds dockerd's socket (docker.sock) and
+// its containers' namespaces (docker/netns, a shared bind of the
+// exec-root's netns): the plugin reads services and programs VIPs there.
 type Daemon struct {
 	Host    *Host
 	Dir     string
@@ -161,8 +164,11 @@ mount -t sysfs sysfs /sys
 mount --rbind %[1]s /sys/fs/cgroup
 mount -t tmpfs -o mode=755 tmpfs /run
 mount --make-shared /run
-mkdir -p /run/docker/plugins
-%[6]sexec dockerd --data-root %[2]s/data --exec-root %[2]s/exec -H unix://%[3]s --pidfile %[2]s/docker.pid \
+mkdir -p /run/docker/plugins /run/docker/netns %[2]s/exec/netns
+mount --bind %[2]s/exec/netns %[2]s/exec/netns
+mount --make-shared %[2]s/exec/netns
+mount --bind %[2]s/exec/netns /run/docker/netns
+%[6]sexec dockerd --data-root %[2]s/data --exec-root %[2]s/exec -H unix://%[3]s -H unix:///run/docker.sock --pidfile %[2]s/docker.pid \
   --bip 198.19.0.1/24 --default-address-pool base=198.19.0.0/16,size=24 \
   --insecure-registry %[4]s --log-level info
 `, cg, d.Dir, d.Sock, RegistryAddr, d.Host.Name, d.Version.pivotScript(d.Dir, d.Dir+"-root"))
