@@ -18,21 +18,10 @@ type testHost struct {
 	vtep  netip.Addr
 }
 
-// twoHosts makes two simulated hosts on one underlay, each with a Plane.
+// twoHosts makes two simulated hosts on one IPv4 underlay, each with a
+// Plane.
 func twoHosts(t *testing.T) (a, b testHost) {
-	nstest.RequireRoot(t)
-	u := nstest.NewUnderlay(t, 24)
-	mk := func(label, addr string) testHost {
-		ns := nstest.New(t, label)
-		u.Plug(t, ns, "eth0", addr, 0)
-		p, err := New(Config{NSDir: t.TempDir(), DataAddr: netip.MustParseAddr(addr), Port: 4789, HostNS: ns.Path()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Close() })
-		return testHost{ns: ns, plane: p, vtep: netip.MustParseAddr(addr)}
-	}
-	return mk("h1", "192.0.2.11"), mk("h2", "192.0.2.12")
+	return hostsOn(t, 24, "192.0.2.11", "192.0.2.12")
 }
 
 func ensure(t *testing.T, h testHost, n Network) {
