@@ -94,18 +94,30 @@ func iperfGbps(a, z *lab.Container, dst string, secs int) (float64, error) {
 	if err := srv.Start(); err != nil {
 		return 0, err
 	}
-	defer srv.Wait()
-	var out []byte
-	var err error
-	for range 50 { // the server listens within moments
-		out, err = exec.Command("ip", "netns", "exec", a.NS.Name, "iperf3", "-c", dst, "-t", fmt.Sprint(secs), "-J").Output()
-		if err == nil {
+	exited := make(chan struct{})
+	go func() { srv.Wait(); close(exited) }()
+	defer func() {
+		select {
+		case <-exited:
+		case <-time.After(3 * time.Second): // a server that missed its one client
+			srv.Process.Kill()
+			<-exited
+		}
+	}()
+	// Start the client only once the server listens: an early client
+	// can leave a one-off server waiting for good.
+	for i := 0; ; i++ {
+		out, _ := z.NS.Exec("ss", "-Hltn", "sport = :5201")
+		if strings.TrimSpace(out) != "" {
 			break
+		}
+		if i == 50 {
+			return 0, fmt.Errorf("iperf3 server on %s does not listen", dst)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	out, err := exec.Command("ip", "netns", "exec", a.NS.Name, "iperf3", "-c", dst, "-t", fmt.Sprint(secs), "-J").Output()
 	if err != nil {
-		srv.Process.Kill()
 		return 0, fmt.Errorf("iperf3 to %s: %v %s", dst, err, out)
 	}
 	var res struct {
