@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -53,6 +54,49 @@ func TestEncryptedRefusedWithoutESP(t *testing.T) {
 	}
 	if after := l.Etcd.State(t); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Errorf("refused network changed etcd:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+// Whether a host can encrypt is decided on that host: here the manager
+// (h1, whose ipsec.key is unusable: a host that cannot encrypt, on a kernel
+// that could) allocates an encrypted network all the same, h2 and h3 carry
+// it, and a container joining it on h1 is refused with h1's fix. Run in the
+// qemu lab: this machine's kernel has no ESP for h2 and h3.
+func TestEncryptedOnEachHostThatCan(t *testing.T) {
+	if err := ipsec.Probe(); err != nil {
+		t.Skipf("no ESP in this kernel (TestEncryptedInQEMU runs this test inside qemu): %v", err)
+	}
+	nstest.RequireRoot(t)
+	l := lab.New(t, t.TempDir(), vxnetBin, 3)
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	keyFile := filepath.Join(h1.StateDir(), "ipsec.key")
+	if err := os.MkdirAll(h1.StateDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, []byte("\x00not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range l.Hosts {
+		h.Start()
+	}
+	nid := lab.NetworkID("each")
+	if _, err := l.CreateNetwork(nid, map[string]string{"encrypted": ""}, lab.Pool{Subnet: "198.18.23.0/24", Gateway: "198.18.23.1"}); err != nil {
+		t.Fatalf("encrypted network on a manager that cannot encrypt: %v; want it allocated for the hosts that can", err)
+	}
+	c2, c3 := must(h2.Run(nid, "198.18.23.2/24")), must(h3.Run(nid, "198.18.23.3/24"))
+	pingAll(t, []*lab.Container{c2, c3})
+	if _, err := h1.Run(nid, "198.18.23.4/24"); err == nil || !strings.Contains(err.Error(), "this host refuses network "+nid) || !strings.Contains(err.Error(), "remove "+keyFile) {
+		t.Errorf("a container joining on h1, which cannot encrypt: %v; want a refusal naming %q", err, "remove "+keyFile)
+	} else {
+		t.Logf("refused on h1: %v", err)
+	}
+	if _, err := os.Stat(h1.NetNSPath(nid)); !os.IsNotExist(err) {
+		t.Errorf("the refused network left a namespace on h1")
+	}
+	for _, h := range []*lab.Host{h2, h3} {
+		if st := encStatus(t, h); st.Active != 1 {
+			t.Errorf("%s protects %d encrypted networks; want 1", h.Name, st.Active)
+		}
 	}
 }
 
