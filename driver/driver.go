@@ -88,13 +88,16 @@ type Driver struct {
 	log   *logrus.Entry
 
 	// mu guards networks (and the fields of each network and endpoint the
-	// comments mark), table, gossip and lastVersion. It is held only
+	// comments mark), refused, table, gossip and lastVersion. It is held only
 	// briefly: never across a kernel, crypto, etcd or file call. Lock
 	// order: a network's op, then saveMu, then mu; a network's lane is
 	// drained with none of them but op held.
 	mu       sync.Mutex
 	networks map[string]*network
 	table    *peerdb.Table // the records of the networks used here, and the merge rule
+	// refused holds why this host refuses swarm networks it recorded as
+	// refused instead of creating them (refusal.go), by nid.
+	refused map[string]error
 
 	// Interest (interest.go): a watch per cluster network used here,
 	// guarded by mu; runCtx is Run's (nil until it runs), whose end ends
@@ -165,6 +168,7 @@ func New(cfg Config, plane DataPlane, store PeerStore, enc Encrypter, log *logru
 		enc:         enc,
 		log:         log,
 		networks:    map[string]*network{},
+		refused:     map[string]error{},
 		table:       peerdb.NewTable(cfg.Node, log.WithField("part", "table")),
 		watches:     map[string]*netWatch{},
 		nodesLoaded: make(chan struct{}),

@@ -45,12 +45,12 @@ func (f *fakeEnc) Rotate(context.Context) (uint64, error) {
 
 // An encrypted network's containers get VXLAN's and ESP's overhead taken
 // off; one whose MTU leaves less than IPv4's 68 is refused; a host without
-// IPsec support refuses encrypted networks and still makes plain ones.
+// IPsec support refuses to join encrypted networks and still makes plain
+// ones.
 func TestEncryptedNetworkMTUAndRefusals(t *testing.T) {
 	d, _, _ := newTestDriver(t)
-	ctx := context.Background()
 	create := func(nid string, opts map[string]string) error {
-		return d.CreateNetwork(ctx, NetworkRequest{NID: nid, Options: opts, IPv4: []IPAMData{{Pool: "198.18.1.0/24", Gateway: "198.18.1.1/24"}}})
+		return createAndJoin(d, NetworkRequest{NID: nid, Options: opts, IPv4: []IPAMData{{Pool: "198.18.1.0/24", Gateway: "198.18.1.1/24"}}})
 	}
 	if err := create("e0", map[string]string{OptVNIs: "43", OptEncrypted: ""}); err == nil || !strings.Contains(err.Error(), "encrypted networks are off") {
 		t.Errorf("encrypted network on a driver without encryption: %v; want a refusal", err)
@@ -88,13 +88,13 @@ func TestEncryptedNetworkMTUAndRefusals(t *testing.T) {
 }
 
 // A host whose encryption cannot work (a bad key file, no ESP) refuses
-// encrypted networks with the reason, and still makes plain ones.
+// to join encrypted networks with the reason, and still makes plain ones.
 func TestEncryptedNetworkRefusedWhereEncryptionCannotWork(t *testing.T) {
 	d, _, _ := newTestDriver(t)
 	fix := "ipsec.key is unusable: remove /var/lib/vxnet/ipsec.key and restart the plugin"
 	d.enc = &fakeEnc{checkErr: errors.New(fix), attached: map[uint32]bool{}}
 	create := func(nid string, opts map[string]string) error {
-		return d.CreateNetwork(context.Background(), NetworkRequest{NID: nid, Options: opts, IPv4: []IPAMData{{Pool: "198.18.1.0/24", Gateway: "198.18.1.1/24"}}})
+		return createAndJoin(d, NetworkRequest{NID: nid, Options: opts, IPv4: []IPAMData{{Pool: "198.18.1.0/24", Gateway: "198.18.1.1/24"}}})
 	}
 	if err := create("enc", map[string]string{OptVNIs: "43", OptEncrypted: ""}); err == nil || !strings.Contains(err.Error(), fix) {
 		t.Errorf("encrypted network: %v; want a refusal naming %q", err, fix)

@@ -59,6 +59,9 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 		}
 	}
 
+	if d.refusal(nid) != nil {
+		return "", nil // Join refuses it; an error here would leak Docker's attachment (refusal.go)
+	}
 	n, err := d.network(nid)
 	if err != nil {
 		return "", err
@@ -180,6 +183,9 @@ type JoinResult struct {
 // programs every remote peer already known, in one batch. No gateway is
 // returned, so Docker connects the container to docker_gwbridge too.
 func (d *Driver) Join(ctx context.Context, nid, eid string) (JoinResult, error) {
+	if err := d.refusal(nid); err != nil {
+		return JoinResult{}, err
+	}
 	d.mu.Lock()
 	gossip := d.gossip
 	d.mu.Unlock()

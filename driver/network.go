@@ -25,10 +25,9 @@ type NetworkRequest struct {
 // IPAMData is one address pool of a network.
 type IPAMData = ipamData
 
-// AllocateNetwork is the swarm manager's half of creating a network:
-// validate, then take one VNI per subnet in etcd. The returned options (the
-// user's, with the VNIs under OptVNIs) reach every node's CreateNetwork.
-func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[string]string, error) {
+// allocateNetwork is AllocateNetwork's work. Whether encryption works is
+// each host's to decide (CreateNetwork), not the manager's.
+func (d *Driver) allocateNetwork(ctx context.Context, req NetworkRequest) (map[string]string, error) {
 	o, err := parseOptions(req.Options)
 	if err != nil {
 		return nil, err
@@ -44,9 +43,6 @@ func (d *Driver) AllocateNetwork(ctx context.Context, req NetworkRequest) (map[s
 		return nil, err
 	}
 	if err := checkVNICount(o, sn); err != nil {
-		return nil, err
-	}
-	if err := d.checkEncryption(o); err != nil {
 		return nil, err
 	}
 	if o.mtu != 0 {
@@ -124,7 +120,33 @@ func (d *Driver) FreeNetwork(ctx context.Context, nid string) error {
 // whenever a first local endpoint comes back). Without swarm, the network
 // joins the cluster-wide network its name option names, which the first
 // host to create it allocates.
+//
+// In swarm it never fails: Docker would not show the error (refusal.go). A
+// network the manager refused, or one this host cannot carry, is recorded
+// as refused, and Join says why. A network without VNIs did not come from
+// a manager, and is refused here.
 func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
+	if d.cfg.Scope == "local" {
+		return d.createNetwork(ctx, req)
+	}
+	d.forgetRefusal(req.NID)
+	if reason, ok := req.Options[OptRefused]; ok {
+		d.refuse(req.NID, refusedAtCreation(req.NID, reason))
+		return nil
+	}
+	if _, ok := req.Options[OptVNIs]; !ok {
+		// Not from a swarm manager, which gives every network VNIs or
+		// OptRefused: Docker 26 and later call this inside `docker
+		// network create` without swarm, and show its error.
+		return d.createNetwork(ctx, req)
+	}
+	if err := d.createNetwork(ctx, req); err != nil {
+		d.refuse(req.NID, refusedHere(req.NID, err))
+	}
+	return nil
+}
+
+func (d *Driver) createNetwork(ctx context.Context, req NetworkRequest) error {
 	o, err := parseOptions(req.Options)
 	if err != nil {
 		return err
@@ -215,6 +237,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req NetworkRequest) error {
 // one is left. A swarm network lives on in etcd until FreeNetwork; a
 // standalone one until the last host that created it deletes it.
 func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
+	d.forgetRefusal(nid)
 	n, err := d.network(nid)
 	if err != nil {
 		return nil

@@ -82,7 +82,7 @@ func TestDockerWithoutSwarmBadInputIsRefusedAtCreate(t *testing.T) {
 	}
 	if ipsec.Probe() != nil { // without swarm the CLI itself gets the refusal
 		cases = append(cases, badCase{"198.18.93.0/24", []string{"--opt", "encrypted", "-o", "vxnet.network=secret"},
-			"this host's kernel cannot install ESP SAs with AES-GCM; encrypted networks need IPsec ESP (CONFIG_INET_ESP, module esp4)"})
+			"this host's kernel cannot install ESP SAs with AES-GCM; encrypted networks need IPsec ESP (CONFIG_INET_ESP, module esp4"})
 	}
 	removeNetworkAtEnd(t, h1, "bad")
 	for _, tc := range cases {

@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/vxnet/vxnet/driver"
 	"github.com/vxnet/vxnet/internal/nstest"
 	"github.com/vxnet/vxnet/ipsec"
@@ -18,9 +18,12 @@ import (
 	"github.com/vxnet/vxnet/test/lab"
 )
 
-// On a kernel without ESP (this machine's), an encrypted network is refused
-// at once with the missing kernel support named, and nothing is left in
-// etcd or any kernel: never a network that would black-hole or leak.
+// On a kernel without ESP (this machine's), a container's Join of an
+// encrypted network is refused at once with the missing kernel support
+// named, on every host, the manager (which allocates the network: whether
+// a host can encrypt is each host's to decide) included; nothing is left
+// in any kernel, and once the network is removed, nothing in etcd: never a
+// network that would black-hole or leak.
 func TestEncryptedRefusedWithoutESP(t *testing.T) {
 	if ipsec.Probe() == nil {
 		t.Skip("this kernel has ESP; TestEncrypted covers it")
@@ -28,24 +31,71 @@ func TestEncryptedRefusedWithoutESP(t *testing.T) {
 	l := newLab(t, 2)
 	before := l.Etcd.State(t)
 	nid := lab.NetworkID("enc")
-	_, err := l.CreateNetwork(nid, map[string]string{"encrypted": ""}, net1)
-	if err == nil || !strings.Contains(err.Error(), "CONFIG_INET_ESP") || !strings.Contains(err.Error(), "modprobe esp4") {
-		t.Fatalf("encrypted create on a kernel without ESP: %v; want an error naming CONFIG_INET_ESP and modprobe esp4", err)
+	if _, err := l.CreateNetwork(nid, map[string]string{"encrypted": ""}, net1); err != nil {
+		t.Fatalf("encrypted network on a manager without ESP: %v; want it allocated, for hosts that can carry it", err)
 	}
-	t.Logf("refused: %v", err)
-	// Not even a Join on such a host can make one: a CreateNetwork that
-	// reaches a host directly (the options a manager would hand out) fails too.
-	generic := map[string]any{"encrypted": "", optVNIs: "16700000"}
-	v4 := []*network.IPAMData{{AddressSpace: "default", Pool: net1.Subnet}}
-	if err := l.Hosts[1].CreateNetwork(nid, generic, v4); err == nil || !strings.Contains(err.Error(), "CONFIG_INET_ESP") {
-		t.Errorf("CreateNetwork of an encrypted network on a host without ESP: %v; want the ESP error", err)
-	}
-	if after := l.Etcd.State(t); fmt.Sprint(after) != fmt.Sprint(before) {
-		t.Errorf("refused create changed etcd:\nbefore %v\nafter  %v", before, after)
+	for i, h := range l.Hosts {
+		_, err := h.Run(nid, fmt.Sprintf("198.18.10.%d/24", 10+i))
+		if err == nil || !strings.Contains(err.Error(), "this host refuses network "+nid) || !strings.Contains(err.Error(), "CONFIG_INET_ESP") || !strings.Contains(err.Error(), "modprobe esp4") {
+			t.Fatalf("a container joining an encrypted network on %s, a kernel without ESP: %v; want an error naming CONFIG_INET_ESP and modprobe esp4", h.Name, err)
+		}
+		t.Logf("refused on %s: %v", h.Name, err)
 	}
 	for _, h := range l.Hosts {
 		if _, err := os.Stat(h.NetNSPath(nid)); !os.IsNotExist(err) {
 			t.Errorf("refused network left a namespace on %s", h.Name)
+		}
+		if out, _ := h.NS.Exec("ip", "xfrm", "state"); strings.TrimSpace(out) != "" {
+			t.Errorf("refused network left xfrm state on %s: %s", h.Name, out)
+		}
+	}
+	if err := l.RemoveNetwork(nid); err != nil {
+		t.Fatal(err)
+	}
+	if after := l.Etcd.State(t); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("refused network changed etcd:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+// Whether a host can encrypt is decided on that host: here the manager
+// (h1, whose ipsec.key is unusable: a host that cannot encrypt, on a kernel
+// that could) allocates an encrypted network all the same, h2 and h3 carry
+// it, and a container joining it on h1 is refused with h1's fix. Run in the
+// qemu lab: this machine's kernel has no ESP for h2 and h3.
+func TestEncryptedOnEachHostThatCan(t *testing.T) {
+	if err := ipsec.Probe(); err != nil {
+		t.Skipf("no ESP in this kernel (TestEncryptedInQEMU runs this test inside qemu): %v", err)
+	}
+	nstest.RequireRoot(t)
+	l := lab.New(t, t.TempDir(), vxnetBin, 3)
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	keyFile := filepath.Join(h1.StateDir(), "ipsec.key")
+	if err := os.MkdirAll(h1.StateDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, []byte("\x00not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range l.Hosts {
+		h.Start()
+	}
+	nid := lab.NetworkID("each")
+	if _, err := l.CreateNetwork(nid, map[string]string{"encrypted": ""}, lab.Pool{Subnet: "198.18.23.0/24", Gateway: "198.18.23.1"}); err != nil {
+		t.Fatalf("encrypted network on a manager that cannot encrypt: %v; want it allocated for the hosts that can", err)
+	}
+	c2, c3 := must(h2.Run(nid, "198.18.23.2/24")), must(h3.Run(nid, "198.18.23.3/24"))
+	pingAll(t, []*lab.Container{c2, c3})
+	if _, err := h1.Run(nid, "198.18.23.4/24"); err == nil || !strings.Contains(err.Error(), "this host refuses network "+nid) || !strings.Contains(err.Error(), "remove "+keyFile) {
+		t.Errorf("a container joining on h1, which cannot encrypt: %v; want a refusal naming %q", err, "remove "+keyFile)
+	} else {
+		t.Logf("refused on h1: %v", err)
+	}
+	if _, err := os.Stat(h1.NetNSPath(nid)); !os.IsNotExist(err) {
+		t.Errorf("the refused network left a namespace on h1")
+	}
+	for _, h := range []*lab.Host{h2, h3} {
+		if st := encStatus(t, h); st.Active != 1 {
+			t.Errorf("%s protects %d encrypted networks; want 1", h.Name, st.Active)
 		}
 	}
 }

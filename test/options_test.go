@@ -14,7 +14,8 @@ import (
 const optVNIs = "com.docker.network.driver.overlay.vxlanid_list"
 const optMTU = "com.docker.network.driver.mtu"
 
-// A refused create names the fix and leaves nothing behind.
+// A refused network names the fix to every container that joins it and
+// leaves nothing behind.
 func TestBadNetworkOptionsLeaveNothing(t *testing.T) {
 	l := newLab(t, 2)
 	taken := lab.NetworkID("taken")
@@ -34,15 +35,23 @@ func TestBadNetworkOptionsLeaveNothing(t *testing.T) {
 		{map[string]string{"encrypted": "maybe"}, []lab.Pool{net1}, "give it without a value (--opt encrypted) or as true/false"},
 		{map[string]string{optVNIs: "5000"}, []lab.Pool{net1, {Subnet: "198.18.11.0/24", Gateway: "198.18.11.1"}}, "one VNI per subnet"},
 	} {
+		// Swarm shows neither AllocateNetwork's nor CreateNetwork's error
+		// at once: every host's Join refuses (driver/refusal.go).
 		nid := lab.NetworkID("bad")
-		_, err := l.CreateNetwork(nid, tc.opts, tc.pools...)
-		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "vxnet: ") {
-			t.Errorf("create with %v: %v; want an error containing %q", tc.opts, err, tc.want)
+		if _, err := l.CreateNetwork(nid, tc.opts, tc.pools...); err != nil {
+			t.Errorf("create with %v: %v; want it accepted, and refused at Join", tc.opts, err)
 		}
-		for _, h := range l.Hosts {
+		for i, h := range l.Hosts {
+			_, err := h.Run(nid, fmt.Sprintf("198.18.10.%d/24", 20+i))
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "vxnet: invalid request: network "+nid+" was refused when it was created: ") {
+				t.Errorf("a container on %s joining a network created with %v: %v; want an error containing %q", h.Name, tc.opts, err, tc.want)
+			}
 			if _, err := os.Stat(h.NetNSPath(nid)); !os.IsNotExist(err) {
 				t.Errorf("refused network left a namespace on %s", h.Name)
 			}
+		}
+		if err := l.RemoveNetwork(nid); err != nil {
+			t.Error(err)
 		}
 	}
 	if after := l.Etcd.State(t); fmt.Sprint(after) != fmt.Sprint(before) {

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/vxnet/vxnet/ipsec"
 	"github.com/vxnet/vxnet/plugin"
 	"github.com/vxnet/vxnet/test/lab"
@@ -127,20 +126,22 @@ func TestStateFiles(t *testing.T) {
 		fix := "remove " + keyFile
 		wantLog(t, log, "encryption off", fix)
 		alive(t, log)
-		// An encrypted network is refused with the fix (on a kernel
-		// without ESP, the missing support is named beside it).
+		// A container joining an encrypted network on h1 is refused with
+		// the fix (on a kernel without ESP, the missing support is named
+		// beside it); h1 as the manager still allocates the network.
 		enc := lab.NetworkID("stateenc")
-		_, err := l.CreateNetwork(enc, map[string]string{"encrypted": ""}, lab.Pool{Subnet: "198.18.30.0/24", Gateway: "198.18.30.1"})
-		if err == nil || !strings.Contains(err.Error(), fix) {
-			t.Errorf("encrypted network with a garbage ipsec.key on h1: %v; want a refusal naming %q", err, fix)
+		if _, err := l.CreateNetwork(enc, map[string]string{"encrypted": ""}, lab.Pool{Subnet: "198.18.30.0/24", Gateway: "198.18.30.1"}); err != nil {
+			t.Fatalf("encrypted network with a garbage ipsec.key on the manager h1: %v; want it allocated", err)
 		}
-		v4 := []*network.IPAMData{{AddressSpace: "default", Pool: "198.18.31.0/24"}}
-		err = h1.CreateNetwork(enc, map[string]any{"encrypted": "", optVNIs: "16700001"}, v4)
+		_, err := h1.Run(enc, "198.18.30.10/24")
 		if err == nil || !strings.Contains(err.Error(), fix) {
-			t.Errorf("CreateNetwork of an encrypted network on h1: %v; want a refusal naming %q", err, fix)
+			t.Errorf("a container joining an encrypted network on h1: %v; want a refusal naming %q", err, fix)
 		}
 		if err != nil && ipsec.Probe() != nil && !strings.Contains(err.Error(), "CONFIG_INET_ESP") {
 			t.Errorf("refusal on a kernel without ESP: %v; want the missing support named too", err)
+		}
+		if err := l.RemoveNetwork(enc); err != nil {
+			t.Error(err)
 		}
 		t.Logf("refused: %v", err)
 		if b, _ := os.ReadFile(keyFile); string(b) != "\x00not a key" {

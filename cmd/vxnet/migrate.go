@@ -267,7 +267,7 @@ func translate(n inspectedNetwork, o equivalentOptions) (translation, error) {
 			opt("-o", k+"="+v)
 		case driver.OptEncrypted:
 			opt("-o", k)
-			tr.notes = append(tr.notes, "encrypted: vxnet's own IPsec (a key per pair of hosts); every host needs ESP and nf_tables in its kernel, else vxnet refuses the network (README, \"Encrypted networks\")")
+			tr.notes = append(tr.notes, "encrypted: vxnet's own IPsec (a key per pair of hosts); a host without ESP and nf_tables in its kernel refuses its containers on the network, the others carry it (README, \"Encrypted networks\")")
 		case driver.OptVNIs:
 			if o.inPlace {
 				v = ipv4VNIs(v, n.IPAM.Config)

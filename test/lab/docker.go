@@ -157,8 +157,14 @@ func (d *Daemon) start(t nstest.T) {
 	// A fresh sysfs shows the host namespace's devices; the cgroup tree
 	// must be bound back or dockerd fails ("Devices cgroup isn't mounted").
 	// A later release then moves into its rootfs.
+	//
+	// Swarm's agent tries to pull a task's image before it uses the one
+	// imported here, and the lab has no way out: every task would spend
+	// 20 s in Preparing on DNS timeouts (DOCKER_SERVICE_PREFER_OFFLINE_IMAGE
+	// skips the pull, moby's daemon/cluster/executor/container).
 	script := fmt.Sprintf(`set -e
 hostname %[5]s
+export DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1
 mount --rbind /sys/fs/cgroup %[1]s
 mount -t sysfs sysfs /sys
 mount --rbind %[1]s /sys/fs/cgroup
