@@ -155,7 +155,7 @@ func versionSwarm(t *testing.T, v dockerRelease) {
 	// for a plugin. 20.10 and 26.1 hand the IPv6 pool over as an IPv4 one,
 	// which vxnet refuses by name; 28.5's allocator fails on the pool
 	// itself, before vxnet is asked. Either way no container runs on it.
-	logStart = len(m.Log())
+	logStart := len(m.Log())
 	removeNetworkAtEnd(t, m, "vdual")
 	mustDocker(t, m, "network", "create", "-d", drv, "--attachable", "--ipv6", "--subnet", "198.18.76.0/24", "--subnet", "fd00:76::/64", "vdual")
 	removeAtEnd(t, m, "rm", "-f", "dual")
