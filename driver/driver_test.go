@@ -593,3 +593,27 @@ func TestInterestFollowsAttachment(t *testing.T) {
 		t.Errorf("after the last Leave: %d records held, %d networks watched, namespace %v; want none", held, watched, p.nets["n1"])
 	}
 }
+
+func TestMACsOfIPv6OnlyEndpointsDifferAcrossSubnets(t *testing.T) {
+	a, b := macFor(netip.MustParseAddr("fd00:1::2")), macFor(netip.MustParseAddr("fd00:2::2"))
+	if a.String() == b.String() || a[0] != 0x02 || a[1] != 0x57 {
+		t.Errorf("macFor(fd00:1::2) = %s, macFor(fd00:2::2) = %s; want two 02:57 MACs", a, b)
+	}
+	if got := macFor(netip.MustParseAddr("198.18.0.2")).String(); got != "02:56:c6:12:00:02" {
+		t.Errorf("macFor(198.18.0.2) = %s", got)
+	}
+}
+
+func TestCreateEndpointRefusesAMACTakenOnTheNetwork(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	ctx := context.Background()
+	if _, err := d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "02:aa:00:00:00:01"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(ctx, "n1", "e2", "198.18.0.3/24", "", "02:aa:00:00:00:01"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--mac-address") {
+		t.Errorf("a second endpoint with e1's MAC: %v; want refused, naming --mac-address", err)
+	}
+	if _, err := d.CreateEndpoint(ctx, "n1", "e1", "198.18.0.2/24", "", "02:aa:00:00:00:01"); err != nil {
+		t.Errorf("a replay of e1: %v", err)
+	}
+}

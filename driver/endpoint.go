@@ -1,9 +1,11 @@
 package driver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"time"
@@ -16,17 +18,22 @@ import (
 var ErrNotFound = errors.New("not found")
 
 // macFor derives an endpoint's MAC from its address: 02:56 and the four
-// bytes of its IPv4 address, or for an IPv6-only endpoint 02:57 and the
-// last four of its IPv6 address. Locally administered, unique within a
-// subnet (of IPv6, within the 2^32 addresses vxnet's IPAM hands out from
-// the start of a pool), and the same on every replay.
+// bytes of its IPv4 address (unique on the network, as the address is), or
+// for an IPv6-only endpoint 02:57 and a 32-bit FNV-1a hash of its whole
+// IPv6 address (the subnets of one link differ above the last four bytes).
+// Locally administered and the same on every replay. A hash can collide:
+// CreateEndpoint refuses a MAC another endpoint here has, and the peer
+// table gives a MAC claimed twice to the older record.
 func macFor(ip netip.Addr) net.HardwareAddr {
 	if ip.Is4() {
 		b := ip.As4()
 		return net.HardwareAddr{0x02, 0x56, b[0], b[1], b[2], b[3]}
 	}
+	h := fnv.New32a()
 	b := ip.As16()
-	return net.HardwareAddr{0x02, 0x57, b[12], b[13], b[14], b[15]}
+	h.Write(b[:])
+	v := h.Sum32()
+	return net.HardwareAddr{0x02, 0x57, byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
 }
 
 // ifNameIDLen is how much of an endpoint ID goes into its interface's
@@ -83,6 +90,14 @@ func (d *Driver) CreateEndpoint(_ context.Context, nid, eid, addr, addrV6, mac s
 	}
 	d.mu.Lock()
 	_, replay := n.endpoints[eid]
+	if !replay {
+		for _, o := range n.endpoints {
+			if bytes.Equal(o.mac, ep.mac) {
+				d.mu.Unlock()
+				return "", invalid("endpoint %s: MAC %s is endpoint %s's on this network: give the container another --mac-address", eid, ep.mac, o.eid)
+			}
+		}
+	}
 	var todo []*network
 	if !replay {
 		n.endpoints[eid] = ep

@@ -278,7 +278,7 @@ func (d *Driver) networkFromRecord(nid string, rec peerdb.Network) (*network, er
 		return nil, err
 	}
 	if len(rec.Subnets) > 1 || len(rec.VNIs) != 1 || len(rec.Subnets)+len(rec.Subnets6) == 0 {
-		return nil, fmt.Errorf("%d IPv4 subnets and %d VNIs: only a network of one link is rebuilt (the gateways were only in the state)", len(rec.Subnets), len(rec.VNIs))
+		return nil, fmt.Errorf("%d IPv4 and %d IPv6 subnets on %d VNIs: only a network of one link is rebuilt (the gateways were only in the state)", len(rec.Subnets), len(rec.Subnets6), len(rec.VNIs))
 	}
 	underlay := o.mtu
 	if underlay == 0 {

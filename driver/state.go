@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vxnet/vxnet/internal/ids"
@@ -284,8 +285,8 @@ func (d *Driver) loadNetwork(r *restoring, raw json.RawMessage) {
 		r.doubt[sn.NID] = true
 		return
 	}
-	if n.mtu < minIPv4MTU || n.mtu > maxMTU {
-		mtu, err := d.defaultMTU(n.encrypted)
+	if floor := n.minMTU(); n.mtu < floor || n.mtu > maxMTU {
+		mtu, err := d.defaultMTU(n.encrypted, n.hasIPv6())
 		if err != nil {
 			d.skip(r, f, err, "a network entry")
 			r.doubt[sn.NID] = true
@@ -450,8 +451,22 @@ func validIfName(s string) bool {
 }
 
 // defaultMTU is the overlay MTU of a network made without the MTU option.
-func (d *Driver) defaultMTU(encrypted bool) (int, error) {
-	return d.overlayMTU(d.cfg.Underlay.MTU, encrypted, false)
+func (d *Driver) defaultMTU(encrypted, v6 bool) (int, error) {
+	return d.overlayMTU(d.cfg.Underlay.MTU, encrypted, v6)
+}
+
+// hasIPv6 reports whether n has an IPv6 subnet.
+func (n *network) hasIPv6() bool {
+	return slices.ContainsFunc(n.subnets, func(s vxlan.Subnet) bool { return s.Prefix.Addr().Is6() })
+}
+
+// minMTU is the smallest MTU n's links may have: IPv6's with an IPv6
+// subnet, else IPv4's.
+func (n *network) minMTU() int {
+	if n.hasIPv6() {
+		return minIPv6MTU
+	}
+	return minIPv4MTU
 }
 
 // endpointFromRecord makes an attached endpoint of n from this node's
