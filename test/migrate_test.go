@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vxnet/vxnet/test/lab"
 )
 
 // A swarm service moves from a stock overlay network to a vxnet network
@@ -29,25 +28,12 @@ func TestDockerMigrateServiceOffStockOverlay(t *testing.T) {
 	m := s.Daemons[0]
 	start := time.Now()
 
-	// The tasks' image from the lab registry: a swarm task pulls its image
-	// before it starts, and a pull of the imported busybox:latest waits
-	// for a DNS lookup of Docker Hub to time out (some 10 s a task).
-	img := lab.RegistryAddr + "/busybox:migrate"
-	if _, err := m.Docker("tag", "busybox:latest", img); err != nil {
-		t.Fatal(err)
-	}
 	// Cleanups run last first: the client and the service go before the
-	// networks, the image last.
-	for _, d := range s.Daemons {
-		removeAtEnd(t, d, "rmi", "-f", img)
-	}
+	// networks.
 	removeNetworkAtEnd(t, m, "mig-old")
 	removeNetworkAtEnd(t, m, "mig-old-vxnet")
 	removeAtEnd(t, m, "service", "rm", "mig-web")
 	removeAtEnd(t, m, "rm", "-f", "mig-client")
-	if _, err := m.Docker("push", "-q", img); err != nil {
-		t.Fatal(err)
-	}
 
 	if _, err := m.Docker("network", "create", "-d", "overlay", "--attachable",
 		"--subnet", "198.18.74.0/24", "--gateway", "198.18.74.254", "--ip-range", "198.18.74.128/25",
@@ -60,7 +46,7 @@ func TestDockerMigrateServiceOffStockOverlay(t *testing.T) {
 		"--network", "mig-old", "--endpoint-mode", "dnsrr", "--replicas", "3",
 		"--health-cmd", "wget -q -O /dev/null http://127.0.0.1:8080/hostname", "--health-interval", "1s", "--health-retries", "30",
 		"--stop-grace-period", "2s", "--update-monitor", "2s",
-		img, "httpd", "-f", "-p", "8080", "-h", "/etc"); err != nil {
+		"--no-resolve-image", "busybox:latest", "httpd", "-f", "-p", "8080", "-h", "/etc"); err != nil {
 		t.Fatal(err)
 	}
 
