@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // A swarm service moves from a stock overlay network to a vxnet network
