@@ -126,6 +126,21 @@ func outSPI(t *testing.T, h *lab.Host, dst string) string {
 	return m[0][1]
 }
 
+// rotateUnderFlow pings dst from c every 20 ms for secs seconds while it
+// forces a key rotation on each of hosts in turn, 2 s apart, and returns
+// what the ping sent and lost.
+func rotateUnderFlow(t *testing.T, c *lab.Container, dst string, secs int, hosts ...*lab.Host) (sent, lost int) {
+	t.Helper()
+	wait := pingFor(t, c, dst, secs)
+	for _, h := range hosts {
+		time.Sleep(2 * time.Second)
+		if out, code := vxnetCmd(h, "rotate"); code != 0 {
+			t.Fatalf("vxnet rotate on %s: %s", h.Name, out)
+		}
+	}
+	return wait()
+}
+
 func vniOf(t *testing.T, opts map[string]string) uint32 {
 	v, err := strconv.ParseUint(opts[optVNIs], 10, 32)
 	if err != nil {
@@ -227,14 +242,7 @@ func TestEncrypted(t *testing.T) {
 
 	t.Run("forced rotations under a flow lose nothing", func(t *testing.T) {
 		epoch0, spi0 := encStatus(t, h1).Epoch, outSPI(t, h1, h2.Addr)
-		wait := pingFor(t, e1, e2.IP, 9)
-		for _, h := range []*lab.Host{h1, h2, h1} {
-			time.Sleep(2 * time.Second)
-			if out, code := vxnetCmd(h, "rotate"); code != 0 {
-				t.Fatalf("vxnet rotate on %s: %s", h.Name, out)
-			}
-		}
-		sent, lost := wait()
+		sent, lost := rotateUnderFlow(t, e1, e2.IP, 9, h1, h2, h1)
 		t.Logf("measured: ping every 20 ms across 3 forced rotations: %d sent, %d lost", sent, lost)
 		if lost != 0 {
 			t.Errorf("%d of %d packets lost across key rotations", lost, sent)
@@ -447,14 +455,7 @@ func TestEncryptedOverIPv6Underlay(t *testing.T) {
 		t.Errorf("%d of 5 plaintext packets injected over IPv6 reached a container of the encrypted network", got)
 	}
 
-	wait := pingFor(t, e1, e2.IP6, 6)
-	for _, h := range []*lab.Host{h1, h2} {
-		time.Sleep(2 * time.Second)
-		if out, code := vxnetCmd(h, "rotate"); code != 0 {
-			t.Fatalf("vxnet rotate on %s: %s", h.Name, out)
-		}
-	}
-	sent, lost := wait()
+	sent, lost := rotateUnderFlow(t, e1, e2.IP6, 6, h1, h2)
 	t.Logf("measured: ping6 every 20 ms across 2 forced rotations over the IPv6 underlay: %d sent, %d lost", sent, lost)
 	if lost != 0 {
 		t.Errorf("%d of %d IPv6 packets lost across key rotations", lost, sent)
