@@ -489,7 +489,15 @@ func TestDockerSwarmRefusalsReachTheUserAtOnce(t *testing.T) {
 		"-o", "com.docker.network.driver.overlay.vxlanid_list=4242", "holder"); err != nil {
 		t.Fatal(err)
 	}
-	before := s.Etcd.State(t)
+	// Swarm allocates asynchronously: the snapshot waits for holder's VNI.
+	var before []string
+	eventually(t, "holder's VNI 4242 in etcd", func() error {
+		before = s.Etcd.State(t)
+		if !slices.Contains(before, "/vxnet/vnis/00004242") {
+			return fmt.Errorf("etcd has %v", before)
+		}
+		return nil
+	})
 	// reason is vxnet's; perHost: each host decides (a manager's refusal
 	// is every host's).
 	cases := []struct {
