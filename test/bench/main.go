@@ -166,7 +166,7 @@ func main() {
 	var problems []string
 	start := time.Now()
 	cpuStart := readCPU()
-	res := measure(all, &problems)
+	res := measure(all, tests(), &problems)
 	cpuUsed := readCPU().since(cpuStart)
 	elapsed := time.Since(start)
 
@@ -187,8 +187,8 @@ func main() {
 // results[path][metric] holds one value per round (NaN: not measured).
 type results map[string]map[string][]float64
 
-// measure runs the rounds.
-func measure(all []*path, problems *[]string) results {
+// measure runs the rounds: each round runs every test ts on every path.
+func measure(all []*path, ts []test, problems *[]string) results {
 	res := results{}
 	for _, p := range all {
 		res[p.name] = map[string][]float64{}
@@ -200,7 +200,6 @@ func measure(all []*path, problems *[]string) results {
 			res[p.name][m.key] = v
 		}
 	}
-	ts := tests()
 	fmt.Printf("\nmeasuring: %d rounds × %d tests × %d paths\n", *rounds, len(ts), len(all))
 	deadline := time.Now().Add(*waitQuiet)
 	for round := range *rounds {
