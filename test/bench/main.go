@@ -39,7 +39,8 @@
 // one host to the first answered ping from a container on the other.
 // -levers adds variants of the paths with a setting changed (paths.go),
 // measured in the same rounds; -profile records `perf record -a -g` of a
-// 1-stream transfer on each path.
+// 1-stream transfer on each path. `bench datapath` measures data-path
+// designs built by hand, without Docker (datapath.go).
 //
 // Run it as root: make bench
 package main
@@ -89,6 +90,9 @@ func main() {
 			return
 		case "rr":
 			rrMain(os.Args[2:])
+			return
+		case "datapath":
+			datapathMain(os.Args[2:])
 			return
 		}
 	}
