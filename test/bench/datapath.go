@@ -388,6 +388,7 @@ func datapathMain(args []string) {
 		os.Exit(2)
 	}
 	r := lab.NewRunner()
+	dpCommit = sourceCommit()
 	var sel []dpDesign
 	var idx []int
 	for _, n := range splitList(*dpDesigns) {
@@ -434,6 +435,23 @@ func datapathMain(args []string) {
 	r.Exit(0)
 }
 
+// dpCommit is the commit of the checkout the run started in.
+var dpCommit string
+
+// sourceCommit is the checkout's commit, noting Go sources changed since.
+func sourceCommit() string {
+	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	dirty, _ := exec.Command("git", "status", "--porcelain", "--untracked-files=no", "--", "*.go", "go.mod", "go.sum").Output()
+	c := strings.TrimSpace(string(commit))
+	if c == "" {
+		return "unknown (not run in a git checkout)"
+	}
+	if len(dirty) > 0 {
+		c += " with uncommitted changes to Go sources"
+	}
+	return c
+}
+
 // dpDescribe prints what each design's devices are, on host a.
 func dpDescribe(l *dpLab, sel []dpDesign, idx []int, vxns map[string][2]string) {
 	fmt.Println()
@@ -469,15 +487,9 @@ func dpRefs(d dpDesign) (stock, underlay string) {
 // stock's design, against the underlay and against each variant's base
 // design, and the goals for every design against stock's.
 func dpReport(sel []dpDesign, all []*path, res results, elapsed time.Duration, cpu cpuUse, problems []string) {
-	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	dirty, _ := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output()
-	c := strings.TrimSpace(string(commit))
-	if len(dirty) > 0 {
-		c += " (with uncommitted changes)"
-	}
 	kernel, _ := exec.Command("uname", "-r").Output()
 	fmt.Printf("\n## Data-path designs built by hand: %d rounds, designs interleaved (order %s), %s UTC, commit %s, kernel %s\n\n",
-		*rounds, *order, time.Now().UTC().Format("2006-01-02 15:04"), c, strings.TrimSpace(string(kernel)))
+		*rounds, *order, time.Now().UTC().Format("2006-01-02 15:04"), dpCommit, strings.TrimSpace(string(kernel)))
 	fmt.Printf("command: %s\n", strings.Join(os.Args, " "))
 	fmt.Printf("iperf3 tests %d s, request/response tests %g s, fixed rate %s; measuring took %v; load after %s\n",
 		*secs, *rrSecs, *rate, elapsed.Round(time.Second), loadavg())
