@@ -202,10 +202,14 @@ func endsOf(k int) dpEnds {
 // client on host a, server on host b. vxns[i] is the namespace of the
 // design's VXLAN device on host i.
 func (l *dpLab) build(k int, d dpDesign) (p *path, vxns [2]string) {
+	ul := dpLinks[d.mtu]
+	rx := func() rxCount {
+		out, err := exec.Command("ip", "-n", l.hosts[1], "-s", "-j", "link", "show", ul.dev).Output()
+		return rxStats(string(out), err)
+	}
 	if d.kind == "underlay" {
-		ul := dpLinks[d.mtu]
 		return &path{
-			name: d.name, base: d.name, srvIP: ul.addr[1].String(),
+			name: d.name, base: d.name, srvIP: ul.addr[1].String(), rxLink: rx,
 			cliNS: []string{"--net=" + l.nsPath(l.hosts[0])}, srvNS: []string{"--net=" + l.nsPath(l.hosts[1])},
 		}, vxns
 	}
@@ -230,7 +234,7 @@ func (l *dpLab) build(k int, d dpDesign) (p *path, vxns [2]string) {
 		l.tcPrograms(d, e)
 	}
 	return &path{
-		name: d.name, base: d.name, srvIP: e.addr[1].String(),
+		name: d.name, base: d.name, srvIP: e.addr[1].String(), rxLink: rx,
 		cliNS: []string{"--net=" + l.nsPath(ctr[0])}, srvNS: []string{"--net=" + l.nsPath(ctr[1])},
 	}, vxns
 }
@@ -379,7 +383,8 @@ func (l *dpLab) fwdMap(name string) *ebpf.Map {
 func endsIndex(e dpEnds) int { return e.vni - 1000 }
 
 // datapathMain is `bench datapath [flags]`: it takes the benchmark's flags
-// (-rounds defaults to 7 here) and -designs, -crr, -setup-only.
+// (-rounds defaults to 7 here; 0 only profiles, with -profile) and
+// -designs, -crr, -setup-only.
 func datapathMain(args []string) {
 	flag.Set("rounds", "7")
 	flag.CommandLine.Parse(args)
@@ -427,11 +432,16 @@ func datapathMain(args []string) {
 	if !*dpCRR {
 		ts = slices.DeleteFunc(ts, func(t test) bool { return t.name == "TCP_CRR" })
 	}
-	var problems []string
-	start := time.Now()
-	cpuStart := readCPU()
-	res := measure(all, ts, &problems)
-	dpReport(sel, all, res, time.Since(start), readCPU().since(cpuStart), problems)
+	if *rounds > 0 {
+		var problems []string
+		start := time.Now()
+		cpuStart := readCPU()
+		res := measure(all, ts, &problems)
+		dpReport(sel, all, res, time.Since(start), readCPU().since(cpuStart), problems)
+	}
+	if *profile != "" {
+		profilePaths(r, *profile, all)
+	}
 	r.Exit(0)
 }
 
