@@ -39,7 +39,8 @@
 // one host to the first answered ping from a container on the other.
 // -levers adds variants of the paths with a setting changed (paths.go),
 // measured in the same rounds; -profile records `perf record -a -g` of a
-// 1-stream transfer on each path.
+// 1-stream transfer on each path. `bench datapath` measures data-path
+// designs built by hand, without Docker (datapath.go).
 //
 // Run it as root: make bench
 package main
@@ -89,6 +90,9 @@ func main() {
 			return
 		case "rr":
 			rrMain(os.Args[2:])
+			return
+		case "datapath":
+			datapathMain(os.Args[2:])
 			return
 		}
 	}
@@ -166,7 +170,7 @@ func main() {
 	var problems []string
 	start := time.Now()
 	cpuStart := readCPU()
-	res := measure(all, &problems)
+	res := measure(all, tests(), &problems)
 	cpuUsed := readCPU().since(cpuStart)
 	elapsed := time.Since(start)
 
@@ -187,8 +191,8 @@ func main() {
 // results[path][metric] holds one value per round (NaN: not measured).
 type results map[string]map[string][]float64
 
-// measure runs the rounds.
-func measure(all []*path, problems *[]string) results {
+// measure runs the rounds: each round runs every test ts on every path.
+func measure(all []*path, ts []test, problems *[]string) results {
 	res := results{}
 	for _, p := range all {
 		res[p.name] = map[string][]float64{}
@@ -200,7 +204,6 @@ func measure(all []*path, problems *[]string) results {
 			res[p.name][m.key] = v
 		}
 	}
-	ts := tests()
 	fmt.Printf("\nmeasuring: %d rounds × %d tests × %d paths\n", *rounds, len(ts), len(all))
 	deadline := time.Now().Add(*waitQuiet)
 	for round := range *rounds {

@@ -31,6 +31,7 @@ type path struct {
 	lever  *lever
 	daemon [2]*lab.Daemon // client's and server's hosts
 	nid    string         // the overlay network's ID; empty for the underlay
+	rxLink func() rxCount // the server's host's underlay receive counters, where daemon is not set
 }
 
 // basePaths are the three paths every run measures, in this order.

@@ -44,11 +44,11 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 		time.Sleep(500 * time.Millisecond)
 		err := p.applyLever()
 		var res iperfResult
-		rx0 := rxStats(p.daemon[1].Host)
+		rx0 := p.underlayRx()
 		if err == nil {
 			res, err = iperf(p, *profSecs, 1, "")
 		}
-		rx1 := rxStats(p.daemon[1].Host)
+		rx1 := p.underlayRx()
 		p.revertLever()
 		rec.Wait()
 		if err != nil {
@@ -57,7 +57,7 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 		}
 		fmt.Printf("\n%s: %.2f Gbit/s while profiled (%.1f GB); %s\n", p.name, res.Gbps, res.GB, data)
 		if n := rx1.packets - rx0.packets; n > 0 {
-			fmt.Printf("the receiving host's eth1 received %d packets of %.0f bytes on average\n", n, float64(rx1.bytes-rx0.bytes)/float64(n))
+			fmt.Printf("the receiving host's underlay link received %d packets of %.0f bytes on average\n", n, float64(rx1.bytes-rx0.bytes)/float64(n))
 		}
 		reports := []struct {
 			file string
@@ -84,10 +84,20 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 
 type rxCount struct{ packets, bytes uint64 }
 
-// rxStats reads what h's underlay link, eth1, has received: on veth the
-// sender's GSO packets arrive whole, as one packet each.
-func rxStats(h *lab.Host) rxCount {
-	out, err := h.NS.Exec("ip", "-s", "-j", "link", "show", "eth1")
+// underlayRx is what the server's host has received on its underlay link:
+// on veth the sender's GSO packets arrive whole, as one packet each.
+func (p *path) underlayRx() rxCount {
+	switch {
+	case p.rxLink != nil:
+		return p.rxLink()
+	case p.daemon[1] != nil:
+		return rxStats(p.daemon[1].Host.NS.Exec("ip", "-s", "-j", "link", "show", "eth1"))
+	}
+	return rxCount{}
+}
+
+// rxStats reads the receive counters from `ip -s -j link show DEV`.
+func rxStats(out string, err error) rxCount {
 	if err != nil {
 		return rxCount{}
 	}

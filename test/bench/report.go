@@ -7,6 +7,7 @@ import (
 	"math"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -33,32 +34,7 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 
 	fmt.Println("\n### Per path: median of the rounds (min–max)")
 	fmt.Println()
-	head := "| metric | unit |"
-	sep := "|---|---|"
-	for _, p := range all {
-		head += " " + p.name + " |"
-		sep += "---|"
-	}
-	fmt.Println(head)
-	fmt.Println(sep)
-	for _, m := range metrics {
-		row := fmt.Sprintf("| %s | %s |", m.label, m.unit)
-		for _, p := range all {
-			v := res[p.name][m.key]
-			f := finite(v)
-			if len(f) == 0 {
-				row += " – |"
-				continue
-			}
-			lo, hi := f[0], f[0]
-			for _, x := range f {
-				lo, hi = math.Min(lo, x), math.Max(hi, x)
-			}
-			row += fmt.Sprintf(" %.*f (%.*f–%.*f) |", m.prec, median(v), m.prec, lo, m.prec, hi)
-		}
-		fmt.Println(row)
-	}
-
+	perPathTable(all, res)
 	fmt.Printf("\n### Ratios: median of the per-round ratios; a goal is met when every round meets it, not met when none does; spread (max−min)/median above %.2f is flagged\n\n", *maxSpread)
 	fmt.Println("| metric | ratio | per round | median | min–max | spread | goal | verdict |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
@@ -108,9 +84,55 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 		fmt.Printf("- %s: %s\n", v.name, v.lever.doc)
 	}
 	fmt.Println()
-	head, sep = "| metric |", "|---|"
+	var cols []ratioCol
 	for _, v := range variants {
-		head += " " + v.name + " / " + v.base + " |"
+		cols = append(cols, ratioCol{v.name + " / " + v.base, v.name, v.base})
+	}
+	ratioTable(cols, res)
+}
+
+// perPathTable prints, per metric and path, the median of the rounds with
+// their range; metrics no path has a value of are left out.
+func perPathTable(all []*path, res results) {
+	head := "| metric | unit |"
+	sep := "|---|---|"
+	for _, p := range all {
+		head += " " + p.name + " |"
+		sep += "---|"
+	}
+	fmt.Println(head)
+	fmt.Println(sep)
+	for _, m := range metrics {
+		row := fmt.Sprintf("| %s | %s |", m.label, m.unit)
+		seen := false
+		for _, p := range all {
+			v := res[p.name][m.key]
+			f := finite(v)
+			if len(f) == 0 {
+				row += " – |"
+				continue
+			}
+			seen = true
+			row += fmt.Sprintf(" %.*f (%.*f–%.*f) |", m.prec, median(v), m.prec, slices.Min(f), m.prec, slices.Max(f))
+		}
+		if seen {
+			fmt.Println(row)
+		}
+	}
+}
+
+// A ratioCol is one column of a ratio table: the per-round ratios of path
+// num to path den, both measured in the same rounds.
+type ratioCol struct{ label, num, den string }
+
+// ratioTable prints, per metric, each column's median of the per-round
+// ratios with their range, "(wide)" where the spread is above -max-spread.
+// Metrics that are checks, and metrics no column has a ratio of, are left
+// out.
+func ratioTable(cols []ratioCol, res results) {
+	head, sep := "| metric |", "|---|"
+	for _, c := range cols {
+		head += " " + c.label + " |"
 		sep += "---|"
 	}
 	fmt.Println(head)
@@ -120,19 +142,23 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 			continue
 		}
 		row := "| " + m.label + " |"
-		for _, v := range variants {
-			rs := ratios(res[v.name][m.key], res[v.base][m.key], *maxSpread, nil)
+		seen := false
+		for _, c := range cols {
+			rs := ratios(res[c.num][m.key], res[c.den][m.key], *maxSpread, nil)
 			if rs.N == 0 {
 				row += " – |"
 				continue
 			}
+			seen = true
 			flag := ""
 			if rs.TooWide {
 				flag = " (wide)"
 			}
 			row += fmt.Sprintf(" %.2f (%.2f–%.2f)%s |", rs.Median, rs.Min, rs.Max, flag)
 		}
-		fmt.Println(row)
+		if seen {
+			fmt.Println(row)
+		}
 	}
 }
 
