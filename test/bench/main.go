@@ -41,7 +41,12 @@
 // measured in the same rounds; -profile records `perf record -a -g` of a
 // 1-stream transfer on each path.
 //
-// Run it as root: make bench
+// -encrypted measures encrypted networks instead (modes.go): vxnet's and
+// the stock overlay's, and vxnet's plain network, throughput and
+// latency; -qemu runs that inside Debian's kernel under qemu, as this
+// machine's kernel has no ESP (qemu.go).
+//
+// Run it as root: make bench, make bench-encrypted
 package main
 
 import (
@@ -97,6 +102,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: run as root (it creates network namespaces)")
 		os.Exit(2)
 	}
+	if *inQEMU {
+		code, err := runQEMU()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench -qemu:", err)
+			os.Exit(1)
+		}
+		os.Exit(code)
+	}
 	r := lab.NewRunner()
 	dir, err := os.MkdirTemp("", "vxb")
 	if err != nil {
@@ -112,30 +125,36 @@ func main() {
 	drv := s.InstallPlugin(*plugin, "bench", func(*lab.Host) []string { return []string{"VXNET_DATA_ADDR=eth1"} })
 	a, b := s.Daemons[0], s.Daemons[1]
 
-	nets := map[string]struct{ driver, subnet string }{
-		"vxnet": {drv, "198.18.80.0/24"},
-		"stock": {"overlay", "198.18.81.0/24"},
-	}
+	nets := overlays(drv)
 	paths := map[string]*path{}
-	for _, name := range []string{"vxnet", "stock"} {
-		n := nets[name]
-		net := "bench-" + name
-		must(r, a, "network", "create", "-d", n.driver, "--attachable", "--subnet", n.subnet, net)
+	var all []*path
+	for _, n := range nets {
+		net := "bench-" + n.name
+		args := []string{"network", "create", "-d", n.driver, "--attachable", "--subnet", n.subnet}
+		if n.encrypted {
+			args = append(args, "--opt", "encrypted")
+		}
+		must(r, a, append(args, net)...)
 		srvIP := strings.TrimSuffix(n.subnet, "0/24") + "10"
-		must(r, b, "run", "-d", "--name", "srv-"+name, "--network", net, "--ip", srvIP, "busybox:latest", "sleep", "36000")
-		must(r, a, "run", "-d", "--name", "cli-"+name, "--network", net, "busybox:latest", "sleep", "36000")
-		paths[name] = &path{
-			name: name, base: name, srvIP: srvIP, daemon: [2]*lab.Daemon{a, b},
-			srvNS: []string{"-t", strconv.Itoa(pid(r, b, "srv-"+name)), "-n"},
-			cliNS: []string{"-t", strconv.Itoa(pid(r, a, "cli-"+name)), "-n"},
+		must(r, b, "run", "-d", "--name", "srv-"+n.name, "--network", net, "--ip", srvIP, "busybox:latest", "sleep", "36000")
+		must(r, a, "run", "-d", "--name", "cli-"+n.name, "--network", net, "busybox:latest", "sleep", "36000")
+		p := &path{
+			name: n.name, base: n.name, kind: n.kind, srvIP: srvIP, daemon: [2]*lab.Daemon{a, b},
+			srvNS: []string{"-t", strconv.Itoa(pid(r, b, "srv-"+n.name)), "-n"},
+			cliNS: []string{"-t", strconv.Itoa(pid(r, a, "cli-"+n.name)), "-n"},
 			nid:   must(r, a, "network", "inspect", "-f", "{{.Id}}", net),
 		}
+		paths[n.name] = p
+		all = append(all, p)
 	}
-	paths["underlay"] = &path{
-		name: "underlay", base: "underlay", srvIP: b.Host.DataAddr, daemon: [2]*lab.Daemon{a, b},
-		srvNS: []string{"--net=" + b.Host.NS.Path()}, cliNS: []string{"--net=" + a.Host.NS.Path()},
+	if !*encrypted {
+		paths["underlay"] = &path{
+			name: "underlay", base: "underlay", kind: "underlay", srvIP: b.Host.DataAddr, daemon: [2]*lab.Daemon{a, b},
+			srvNS: []string{"--net=" + b.Host.NS.Path()}, cliNS: []string{"--net=" + a.Host.NS.Path()},
+		}
+		all = append(all, paths["underlay"])
 	}
-	all := []*path{paths["vxnet"], paths["stock"], paths["underlay"]}
+	overlayPaths := slices.Clone(all[:len(nets)])
 	for _, p := range all {
 		startServers(r, p)
 	}
@@ -161,7 +180,7 @@ func main() {
 			all = append(all, &v)
 		}
 	}
-	describe(all[:2], a)
+	describe(overlayPaths, a)
 
 	var problems []string
 	start := time.Now()
@@ -172,7 +191,7 @@ func main() {
 
 	report(all, res, elapsed, cpuUsed, problems)
 	if *trials > 0 {
-		firstPings(r, a, b, []*path{paths["vxnet"], paths["stock"]}, nets)
+		firstPings(r, a, b, nets)
 	}
 	if *profile != "" {
 		profilePaths(r, *profile, all)
@@ -200,7 +219,7 @@ func measure(all []*path, problems *[]string) results {
 			res[p.name][m.key] = v
 		}
 	}
-	ts := tests()
+	ts := runTests()
 	fmt.Printf("\nmeasuring: %d rounds × %d tests × %d paths\n", *rounds, len(ts), len(all))
 	deadline := time.Now().Add(*waitQuiet)
 	for round := range *rounds {

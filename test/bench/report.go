@@ -42,6 +42,9 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 	fmt.Println(head)
 	fmt.Println(sep)
 	for _, m := range metrics {
+		if !measured(res, m) {
+			continue
+		}
 		row := fmt.Sprintf("| %s | %s |", m.label, m.unit)
 		for _, p := range all {
 			v := res[p.name][m.key]
@@ -68,26 +71,24 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 		if m.noRatio {
 			continue
 		}
-		for _, c := range []struct {
-			other string
-			g     *goal
-		}{{"stock", m.vsStock}, {"underlay", m.vsUnderlay}} {
-			rs := ratios(res["vxnet"][m.key], res[c.other][m.key], *maxSpread, c.g)
+		for _, c := range comparisons() {
+			g := c.goal(m)
+			rs := ratios(res[c.a][m.key], res[c.b][m.key], *maxSpread, g)
 			if rs.N == 0 {
 				continue
 			}
 			gs, v := "", ""
-			if c.g != nil {
-				gs, v = c.g.String(), rs.verdict(*c.g)
-				goals = append(goals, verdictLine{fmt.Sprintf("%s, vxnet/%s %.2f (goal %s)", m.label, c.other, rs.Median, gs), v})
+			if g != nil {
+				gs, v = g.String(), rs.verdict(*g)
+				goals = append(goals, verdictLine{fmt.Sprintf("%s, %s/%s %.2f (goal %s)", m.label, c.a, c.b, rs.Median, gs), v})
 			} else if rs.TooWide {
 				v = "spread too wide"
 			}
-			fmt.Printf("| %s | vxnet/%s | %s | %.2f | %.2f–%.2f | %.0f%% | %s | %s |\n",
-				m.label, c.other, list(rs.PerRound, 2), rs.Median, rs.Min, rs.Max, 100*rs.Spread, gs, v)
+			fmt.Printf("| %s | %s/%s | %s | %.2f | %.2f–%.2f | %.0f%% | %s | %s |\n",
+				m.label, c.a, c.b, list(rs.PerRound, 2), rs.Median, rs.Min, rs.Max, 100*rs.Spread, gs, v)
 		}
 	}
-	fmt.Println("\n### Goals (issue 16, item 3)")
+	fmt.Println("\n### " + goalsTitle())
 	fmt.Println()
 	for _, g := range goals {
 		fmt.Printf("- %s: %s\n", g.what, g.verdict)
@@ -146,4 +147,14 @@ func list(v []float64, prec int) string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// measured reports whether any path has a value of metric m.
+func measured(res results, m metric) bool {
+	for _, byMetric := range res {
+		if len(finite(byMetric[m.key])) > 0 {
+			return true
+		}
+	}
+	return false
 }
