@@ -4,7 +4,10 @@ package main
 
 import (
 	"flag"
+	"fmt"
+	"os/exec"
 	"slices"
+	"strings"
 )
 
 // What a run measures. By default: vxnet, the stock overlay and the
@@ -16,6 +19,19 @@ import (
 // this machine's lacks; -qemu (qemu.go) runs it inside Debian's kernel.
 
 var encrypted = flag.Bool("encrypted", false, "measure the encrypted networks (vxnet and stock --opt encrypted) and vxnet's plain network instead; needs ESP in the kernel (see -qemu)")
+
+// dataDev is the hosts' link that carries the overlays' traffic: a
+// direct link between the two hosts, apart from swarm's and etcd's; with
+// -encrypted their one link, on the lab's switch. Docker's encrypted
+// overlay programs its SAs with the host's control address, not its data
+// path address, so on a separate data link it carries nothing
+// (moby/libnetwork#2324, moby/moby#41421; still so in 20.10.24).
+func dataDev() string {
+	if *encrypted {
+		return "eth0"
+	}
+	return "eth1"
+}
 
 // An overlay is one network the run creates, with a client container on
 // the first host and a server container on the second.
@@ -84,4 +100,49 @@ func runTests() []test {
 		ts = slices.DeleteFunc(ts, func(t test) bool { return !slices.Contains(encryptedTests, t.name) })
 	}
 	return ts
+}
+
+// reachable drops from ps the paths whose client cannot ping its server,
+// after printing what the hosts' kernels and dockerds say about them: a
+// path that carries nothing would otherwise cost a connect timeout per
+// test per round, and its report would say nothing of why.
+func reachable(ps []*path) []*path {
+	var ok []*path
+	for _, p := range ps {
+		out, err := exec.Command("nsenter", append(slices.Clone(p.cliNS), "ping", "-c", "3", "-W", "3", p.srvIP)...).CombinedOutput()
+		if err == nil {
+			ok = append(ok, p)
+			continue
+		}
+		fmt.Printf("\n%s: the client cannot ping %s (%v), left out of the run:\n%s\n", p.name, p.srvIP, err, strings.TrimSpace(string(out)))
+		diagnose(p)
+	}
+	return ok
+}
+
+// diagnose prints, for each host of p, its xfrm states and policies (no
+// keys), the iptables rules an encrypted stock overlay adds, and dockerd's
+// log lines about encryption or errors.
+func diagnose(p *path) {
+	for _, d := range p.daemon {
+		fmt.Printf("--- %s\n", d.Host.Name)
+		for _, c := range [][]string{
+			{"sh", "-c", "ip -s xfrm state | grep -v -E '^\\s+(aead|enc|auth)'"},
+			{"ip", "xfrm", "policy"},
+			{"iptables", "-t", "mangle", "-S"},
+			{"iptables", "-S", "INPUT"},
+			{"ip", "-s", "link", "show", "eth1"},
+			{"cat", "/proc/net/xfrm_stat"},
+		} {
+			out, err := d.Host.NS.Exec(c[0], c[1:]...)
+			fmt.Printf("$ %s (%v)\n%s\n", strings.Join(c, " "), err, strings.TrimSpace(out))
+		}
+		var lines []string
+		for _, l := range strings.Split(d.Log(), "\n") {
+			if strings.Contains(l, "level=error") || strings.Contains(l, "level=warn") || strings.Contains(strings.ToLower(l), "encrypt") || strings.Contains(l, "xfrm") {
+				lines = append(lines, l)
+			}
+		}
+		fmt.Printf("dockerd log on %s, errors, warnings and encryption (last 40):\n%s\n", d.Host.Name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+	}
 }
