@@ -320,6 +320,9 @@ func waitForQuiet(limit time.Duration) []string {
 			what += " with " + strings.Join(busy, ", ") + " running"
 		}
 		if time.Now().After(deadline) {
+			if limit <= 0 {
+				return []string{"measured without waiting (-wait-quiet): " + what}
+			}
 			return []string{"measured after waiting " + limit.String() + ": " + what}
 		}
 		fmt.Printf("waiting for a quiet machine: %s; load %s\n", what, loadavg())
@@ -353,6 +356,9 @@ func describe(ps []*path, d *lab.Daemon) {
 	}
 	k, _ := d.Host.NS.Exec("ethtool", "-k", dataDev())
 	fmt.Printf("underlay %s on %s: %s\n", dataDev(), d.Host.Name, features(k, "generic-receive-offload", "rx-udp-gro-forwarding", "tx-udp_tnl-segmentation", "tx-checksumming"))
+	if *encrypted {
+		describeSAs(d)
+	}
 }
 
 func compact(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+
+	"github.com/vxnet/vxnet/test/lab"
 )
 
 // What a run measures. By default: vxnet, the stock overlay and the
@@ -145,4 +147,41 @@ func diagnose(p *path) {
 		}
 		fmt.Printf("dockerd log on %s, errors, warnings and encryption (last 40):\n%s\n", d.Host.Name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
 	}
+}
+
+// describeSAs prints the ESP SAs on d's host, without their keys: how
+// each network encrypts (key and ICV length, anti-replay) decides much
+// of its cost. `ip xfrm state` shows an AEAD's key with its 4-byte salt.
+func describeSAs(d *lab.Daemon) {
+	out, err := d.Host.NS.Exec("ip", "xfrm", "state")
+	if err != nil {
+		fmt.Printf("ip xfrm state on %s: %v\n", d.Host.Name, err)
+		return
+	}
+	fmt.Printf("ESP SAs on %s:\n", d.Host.Name)
+	var sa []string
+	flush := func() {
+		if len(sa) > 0 {
+			fmt.Println("  " + strings.Join(sa, ", "))
+		}
+		sa = nil
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 4 && f[0] == "src":
+			flush()
+			sa = append(sa, f[1]+" → "+f[3])
+		case len(f) >= 4 && f[0] == "proto":
+			sa = append(sa, "spi "+f[3])
+		case len(f) >= 2 && f[0] == "replay-window":
+			sa = append(sa, strings.Join(f, " "))
+		case len(f) >= 2 && f[0] == "replay_window": // ESN's anti-replay context
+			sa = append(sa, "esn window "+strings.TrimSuffix(f[1], ","))
+		case len(f) >= 4 && f[0] == "aead":
+			keyBits := (len(strings.TrimPrefix(f[2], "0x"))/2 - 4) * 8
+			sa = append(sa, fmt.Sprintf("%s, AES-%d key, ICV %s bits", f[1], keyBits, f[3]))
+		}
+	}
+	flush()
 }
