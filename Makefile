@@ -11,7 +11,7 @@ TAG     ?= latest
 SCHEMA  ?=
 LDFLAGS := -s -w -X main.version=$(VERSION)$(if $(SCHEMA), -X github.com/vxnet/vxnet/peerdb.schema=$(SCHEMA))
 
-.PHONY: all build test test-unit demo bench scale setup plugin plugin-create clean
+.PHONY: all build test test-unit demo bench bench-encrypted scale setup plugin plugin-create clean
 
 all: build
 
@@ -39,6 +39,11 @@ demo: plugin
 # (results: BENCHMARKS.md).
 bench: plugin
 	$(GO) run ./test/bench -bin $(BIN) -plugin $(PLUGIN)
+
+# Encrypted networks (vxnet, stock) and vxnet plain, inside Debian's
+# kernel under qemu: this kernel has no ESP. Emulated; about 8 minutes.
+bench-encrypted: plugin
+	$(GO) run ./test/bench -qemu -bin $(BIN) -plugin $(PLUGIN)
 
 # The managed plugin's directory: config.json and a rootfs holding only
 # the static binary. No image is pulled; `make plugin-create` installs it

@@ -45,7 +45,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -501,16 +500,7 @@ func dpReport(sel []dpDesign, all []*path, res results, elapsed time.Duration, c
 	fmt.Printf("\n## Data-path designs built by hand: %d rounds, designs interleaved (order %s), %s UTC, commit %s, kernel %s\n\n",
 		*rounds, *order, time.Now().UTC().Format("2006-01-02 15:04"), dpCommit, strings.TrimSpace(string(kernel)))
 	fmt.Printf("command: %s\n", strings.Join(os.Args, " "))
-	fmt.Printf("iperf3 tests %d s, request/response tests %g s, fixed rate %s; measuring took %v; load after %s\n",
-		*secs, *rrSecs, *rate, elapsed.Round(time.Second), loadavg())
-	cpuSecs := cpu.wall * float64(runtime.NumCPU())
-	fmt.Printf("machine busy %.0f%% of its CPUs over the rounds; hypervisor steal %.1f%% of CPU time\n", 100*cpu.busy/cpuSecs, 100*cpu.steal/cpuSecs)
-	for _, p := range problems {
-		fmt.Println("note:", p)
-	}
-	for name, n := range lost {
-		fmt.Printf("UDP_RR on %s: %d requests unanswered within 200 ms (left out of the latency)\n", name, n)
-	}
+	runFacts(elapsed, cpu, problems)
 	fmt.Println("\n### Per design: median of the rounds (min–max)")
 	fmt.Println()
 	perPathTable(all, res)
@@ -546,8 +536,7 @@ func dpReport(sel []dpDesign, all []*path, res results, elapsed time.Duration, c
 
 	fmt.Println("\n### Goals of issue 16 for each design, against stock's design and the underlay at its MTU")
 	fmt.Println()
-	fmt.Println("| design | goal | median (min–max) | verdict |")
-	fmt.Println("|---|---|---|---|")
+	tableHead([]string{"design", "goal", "median (min–max)", "verdict"}, nil)
 	for _, d := range sel {
 		stock, underlay := dpRefs(d)
 		if d.kind == "underlay" || d.name == stock {

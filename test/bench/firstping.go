@@ -16,14 +16,13 @@ import (
 // firstPings starts -trials containers on host b per network and times,
 // from a's client container, the first answered ping: from `docker run`
 // and from its return.
-func firstPings(r *lab.Runner, a, b *lab.Daemon, ps []*path, nets map[string]struct{ driver, subnet string }) {
+func firstPings(r *lab.Runner, a, b *lab.Daemon, nets []overlay) {
 	fmt.Printf("\n### docker run → first answered ping from the other host, %d trials, median\n\n", *trials)
-	fmt.Println("| network | from docker run | from its return | first ping after return answered |")
-	fmt.Println("|---|---|---|---|")
-	for _, p := range ps {
+	tableHead([]string{"network", "from docker run", "from its return", "first ping after return answered"}, nil)
+	for _, p := range nets {
 		var first, afterReturn []time.Duration
 		ok := 0
-		prefix := strings.TrimSuffix(nets[p.name].subnet, "0/24")
+		prefix := strings.TrimSuffix(p.subnet, "0/24")
 		cli := pid(r, a, "cli-"+p.name)
 		for k := range *trials {
 			ip := prefix + strconv.Itoa(100+k)

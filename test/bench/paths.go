@@ -24,7 +24,8 @@ import (
 // that a lever is measured in the same rounds as the defaults.
 type path struct {
 	name   string
-	base   string   // the path's name without lever: vxnet, stock or underlay
+	base   string   // the path's name without lever: vxnet, stock or underlay (vxnet-enc, stock-enc with -encrypted)
+	kind   string   // whose data path: vxnet, stock or underlay
 	srvNS  []string // nsenter options entering the server's network namespace
 	cliNS  []string // the client's
 	srvIP  string
@@ -34,15 +35,12 @@ type path struct {
 	rxLink func() rxCount // the server's host's underlay receive counters, where daemon is not set
 }
 
-// basePaths are the three paths every run measures, in this order.
-var basePaths = []string{"vxnet", "stock", "underlay"}
-
 // inOverlay runs a command in the namespace holding the path's VXLAN
 // device on d's host: vxnet's pinned namespace, or the namespace dockerd
 // made for its overlay network (EXEC-ROOT/netns/N-NID, N its epoch, NID
 // cut short; a mount in dockerd's mount namespace).
 func (p *path) inOverlay(d *lab.Daemon, args ...string) (string, error) {
-	switch p.base {
+	switch p.kind {
 	case "vxnet":
 		return d.InNetwork(p.nid, args...)
 	case "stock":

@@ -20,50 +20,37 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 	kernel, _ := exec.Command("uname", "-r").Output()
 	fmt.Printf("\n## Data path: %d rounds, paths interleaved (order %s), %s, %s, kernel %s\n\n",
 		*rounds, *order, time.Now().Format("2006-01-02 15:04"), strings.TrimSpace(string(version)), strings.TrimSpace(string(kernel)))
-	fmt.Printf("iperf3 tests %d s, request/response tests %g s, fixed rate %s; measuring took %v; load after %s\n",
-		*secs, *rrSecs, *rate, elapsed.Round(time.Second), loadavg())
-	cpuSecs := cpu.wall * float64(runtime.NumCPU())
-	fmt.Printf("machine busy %.0f%% of %d CPUs over the rounds; hypervisor steal %.1f%% of CPU time\n",
-		100*cpu.busy/cpuSecs, runtime.NumCPU(), 100*cpu.steal/cpuSecs)
-	for _, p := range problems {
-		fmt.Println("note:", p)
-	}
-	for name, n := range lost {
-		fmt.Printf("UDP_RR on %s: %d requests unanswered within 200 ms (left out of the latency)\n", name, n)
-	}
+	runFacts(elapsed, cpu, problems)
 
 	fmt.Println("\n### Per path: median of the rounds (min–max)")
 	fmt.Println()
 	perPathTable(all, res)
 	fmt.Printf("\n### Ratios: median of the per-round ratios; a goal is met when every round meets it, not met when none does; spread (max−min)/median above %.2f is flagged\n\n", *maxSpread)
-	fmt.Println("| metric | ratio | per round | median | min–max | spread | goal | verdict |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	tableHead([]string{"metric", "ratio", "per round", "median", "min–max", "spread", "goal", "verdict"}, nil)
 	type verdictLine struct{ what, verdict string }
 	var goals []verdictLine
 	for _, m := range metrics {
 		if m.noRatio {
 			continue
 		}
-		for _, c := range []struct {
-			other string
-			g     *goal
-		}{{"stock", m.vsStock}, {"underlay", m.vsUnderlay}} {
-			rs := ratios(res["vxnet"][m.key], res[c.other][m.key], *maxSpread, c.g)
+		for _, c := range comparisons() {
+			g := c.goal(m)
+			rs := ratios(res[c.a][m.key], res[c.b][m.key], *maxSpread, g)
 			if rs.N == 0 {
 				continue
 			}
 			gs, v := "", ""
-			if c.g != nil {
-				gs, v = c.g.String(), rs.verdict(*c.g)
-				goals = append(goals, verdictLine{fmt.Sprintf("%s, vxnet/%s %.2f (goal %s)", m.label, c.other, rs.Median, gs), v})
+			if g != nil {
+				gs, v = g.String(), rs.verdict(*g)
+				goals = append(goals, verdictLine{fmt.Sprintf("%s, %s/%s %.2f (goal %s)", m.label, c.a, c.b, rs.Median, gs), v})
 			} else if rs.TooWide {
 				v = "spread too wide"
 			}
-			fmt.Printf("| %s | vxnet/%s | %s | %.2f | %.2f–%.2f | %.0f%% | %s | %s |\n",
-				m.label, c.other, list(rs.PerRound, 2), rs.Median, rs.Min, rs.Max, 100*rs.Spread, gs, v)
+			fmt.Printf("| %s | %s/%s | %s | %.2f | %.2f–%.2f | %.0f%% | %s | %s |\n",
+				m.label, c.a, c.b, list(rs.PerRound, 2), rs.Median, rs.Min, rs.Max, 100*rs.Spread, gs, v)
 		}
 	}
-	fmt.Println("\n### Goals (issue 16, item 3)")
+	fmt.Println("\n### " + goalsTitle())
 	fmt.Println()
 	for _, g := range goals {
 		fmt.Printf("- %s: %s\n", g.what, g.verdict)
@@ -91,20 +78,43 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 	ratioTable(cols, res)
 }
 
+// runFacts prints what a run's tables stand on: the tests' lengths, how
+// long measuring took, how busy the machine was, and what went wrong.
+func runFacts(elapsed time.Duration, cpu cpuUse, problems []string) {
+	fmt.Printf("iperf3 tests %d s, request/response tests %g s, fixed rate %s; measuring took %v; load after %s\n",
+		*secs, *rrSecs, *rate, elapsed.Round(time.Second), loadavg())
+	cpuSecs := cpu.wall * float64(runtime.NumCPU())
+	fmt.Printf("machine busy %.0f%% of %d CPUs over the rounds; hypervisor steal %.1f%% of CPU time\n",
+		100*cpu.busy/cpuSecs, runtime.NumCPU(), 100*cpu.steal/cpuSecs)
+	for _, p := range problems {
+		fmt.Println("note:", p)
+	}
+	for name, n := range lost {
+		fmt.Printf("UDP_RR on %s: %d requests unanswered within 200 ms (left out of the latency)\n", name, n)
+	}
+}
+
+// tableHead prints a markdown table's header: the fixed columns, then one
+// per name.
+func tableHead(fixed []string, names []string) {
+	cols := append(slices.Clone(fixed), names...)
+	fmt.Println("| " + strings.Join(cols, " | ") + " |")
+	fmt.Println(strings.Repeat("|---", len(cols)) + "|")
+}
+
 // perPathTable prints, per metric and path, the median of the rounds with
 // their range; metrics no path has a value of are left out.
 func perPathTable(all []*path, res results) {
-	head := "| metric | unit |"
-	sep := "|---|---|"
-	for _, p := range all {
-		head += " " + p.name + " |"
-		sep += "---|"
+	names := make([]string, len(all))
+	for i, p := range all {
+		names[i] = p.name
 	}
-	fmt.Println(head)
-	fmt.Println(sep)
+	tableHead([]string{"metric", "unit"}, names)
 	for _, m := range metrics {
+		if !measured(res, m) {
+			continue
+		}
 		row := fmt.Sprintf("| %s | %s |", m.label, m.unit)
-		seen := false
 		for _, p := range all {
 			v := res[p.name][m.key]
 			f := finite(v)
@@ -112,12 +122,9 @@ func perPathTable(all []*path, res results) {
 				row += " – |"
 				continue
 			}
-			seen = true
 			row += fmt.Sprintf(" %.*f (%.*f–%.*f) |", m.prec, median(v), m.prec, slices.Min(f), m.prec, slices.Max(f))
 		}
-		if seen {
-			fmt.Println(row)
-		}
+		fmt.Println(row)
 	}
 }
 
@@ -130,13 +137,11 @@ type ratioCol struct{ label, num, den string }
 // Metrics that are checks, and metrics no column has a ratio of, are left
 // out.
 func ratioTable(cols []ratioCol, res results) {
-	head, sep := "| metric |", "|---|"
-	for _, c := range cols {
-		head += " " + c.label + " |"
-		sep += "---|"
+	labels := make([]string, len(cols))
+	for i, c := range cols {
+		labels[i] = c.label
 	}
-	fmt.Println(head)
-	fmt.Println(sep)
+	tableHead([]string{"metric"}, labels)
 	for _, m := range metrics {
 		if m.noRatio {
 			continue
@@ -172,4 +177,14 @@ func list(v []float64, prec int) string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// measured reports whether any path has a value of metric m.
+func measured(res results, m metric) bool {
+	for _, byMetric := range res {
+		if len(finite(byMetric[m.key])) > 0 {
+			return true
+		}
+	}
+	return false
 }

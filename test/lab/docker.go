@@ -49,6 +49,10 @@ type Swarm struct {
 	registry *exec.Cmd
 }
 
+// DaemonStartTimeout is how long a dockerd may take to answer after it
+// is started. Emulated (the benchmark under qemu) it takes minutes.
+var DaemonStartTimeout = 60 * time.Second
+
 // DockerAvailable reports what the Docker lab lacks on this machine, if anything.
 func DockerAvailable() error {
 	for _, bin := range []string{"dockerd", DockerCLI, "docker-registry", "busybox", "unshare", "nsenter", "tar"} {
@@ -199,7 +203,7 @@ mount --bind %[2]s/exec/netns /run/docker/netns
 
 func (d *Daemon) waitUp(t nstest.T) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(DaemonStartTimeout)
 	for {
 		if _, err := d.Docker("version", "--format", "{{.Server.Version}}"); err == nil {
 			return

@@ -205,15 +205,35 @@ func (c *cpio) file(p string, mode uint32, b []byte) {
 }
 
 // Run boots kernel with initrd and the kernel command line extra, copying
-// the console to out, until the guest powers off or ctx ends.
-func Run(ctx context.Context, k Kernel, initrd, extra string, memMB, cpus int, out io.Writer) error {
+// the console to out, until the guest powers off or ctx ends. qemuArgs
+// are added to qemu's command line (devices, such as ShareHostRoot's).
+func Run(ctx context.Context, k Kernel, initrd, extra string, memMB, cpus int, out io.Writer, qemuArgs ...string) error {
 	args := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max", "-m", fmt.Sprint(memMB), "-smp", fmt.Sprint(cpus),
 		"-kernel", k.Image(), "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 quiet " + extra,
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-net", "none",
 	}
+	args = append(args, qemuArgs...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	return cmd.Run()
+}
+
+// HostRootTag is the 9p mount tag under which ShareHostRoot exports this
+// machine's root.
+const HostRootTag = "hostroot"
+
+// ShareHostRoot is qemu's arguments that export this machine's root file
+// system to the guest, read-only, as 9p over virtio (mount tag
+// HostRootTag): the guest mounts it with
+//
+//	mount -t 9p -o trans=virtio,version=9p2000.L hostroot /lower
+//
+// and so runs the host's programs (dockerd, containerd, iptables) without
+// their being copied into the initramfs. The guest needs the modules
+// virtio_pci, 9pnet_virtio and 9p. multidevs=remap gives files of the
+// host's several file systems distinct inode numbers in the guest.
+func ShareHostRoot() []string {
+	return []string{"-virtfs", "local,path=/,mount_tag=" + HostRootTag + ",security_model=none,readonly=on,multidevs=remap"}
 }
