@@ -55,6 +55,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"github.com/vxnet/vxnet/test/lab"
+	"github.com/vxnet/vxnet/vxlan"
 )
 
 var (
@@ -97,10 +98,6 @@ func dpDesignNames() string {
 	}
 	return strings.Join(n, ", ")
 }
-
-// vxlanOverhead is what VXLAN over IPv4 adds to a frame: outer IPv4, UDP,
-// VXLAN headers and the inner Ethernet header.
-const vxlanOverhead = 50
 
 // dpLink is one underlay link between the hosts.
 type dpLink struct {
@@ -246,7 +243,7 @@ func (l *dpLab) build(k int, d dpDesign) (p *path, vxns [2]string) {
 // permanent` (what vxnet's plane does).
 func (l *dpLab) vxlan(d dpDesign, e dpEnds, i int, h, ns string) {
 	ul := dpLinks[d.mtu]
-	args := []string{"link", "add", e.vx, "mtu", strconv.Itoa(d.mtu - vxlanOverhead), "type", "vxlan", "id", strconv.Itoa(e.vni),
+	args := []string{"link", "add", e.vx, "mtu", strconv.Itoa(d.mtu - vxlan.Overhead), "type", "vxlan", "id", strconv.Itoa(e.vni),
 		"local", ul.addr[i].String(), "dev", ul.dev, "dstport", strconv.Itoa(e.port), "nolearning", "proxy"}
 	l.ip(h, append(args, d.vxlanOpts...)...)
 	if ns != h {
@@ -263,7 +260,7 @@ func (l *dpLab) container(d dpDesign, e dpEnds, i int, ns, dev string) {
 	if dev != "eth0" {
 		l.ip(ns, "link", "set", dev, "name", "eth0")
 	}
-	l.ip(ns, "link", "set", "eth0", "address", e.mac[i], "mtu", strconv.Itoa(d.mtu-vxlanOverhead))
+	l.ip(ns, "link", "set", "eth0", "address", e.mac[i], "mtu", strconv.Itoa(d.mtu-vxlan.Overhead))
 	l.ip(ns, "addr", "add", e.addr[i].String()+"/24", "dev", "eth0")
 	l.ip(ns, "link", "set", "eth0", "up")
 }
@@ -293,7 +290,7 @@ func (l *dpLab) bridge(d dpDesign, e dpEnds, i int, h, ctr string) string {
 	ns := l.newNS(fmt.Sprintf("%s-n%c", d.name, 'a'+i))
 	k := endsIndex(e)
 	br, ve := fmt.Sprintf("br%d", k), fmt.Sprintf("ve%d", k)
-	mtu := strconv.Itoa(d.mtu - vxlanOverhead)
+	mtu := strconv.Itoa(d.mtu - vxlan.Overhead)
 	l.ip(ns, "link", "add", br, "mtu", mtu, "type", "bridge")
 	l.ip(ns, "link", "set", br, "up")
 	l.vxlan(d, e, i, h, ns)
@@ -309,7 +306,7 @@ func (l *dpLab) bridge(d dpDesign, e dpEnds, i int, h, ctr string) string {
 // mtu M type vxlan external dstport PORT` and the container's veth (host
 // side tcK) in the host's namespace.
 func (l *dpLab) tcVeth(d dpDesign, e dpEnds, i int, h, ctr string) {
-	mtu := strconv.Itoa(d.mtu - vxlanOverhead)
+	mtu := strconv.Itoa(d.mtu - vxlan.Overhead)
 	l.ip(h, "link", "add", e.vx, "mtu", mtu, "type", "vxlan", "external", "dstport", strconv.Itoa(e.port))
 	l.ip(h, "link", "set", e.vx, "up")
 	hv := fmt.Sprintf("tc%d", endsIndex(e))

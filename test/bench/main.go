@@ -191,9 +191,9 @@ func main() {
 		}
 	}
 	describe(overlayPaths, a)
-	all = reachable(all)
-
 	var problems []string
+	all = reachable(all, &problems)
+
 	start := time.Now()
 	cpuStart := readCPU()
 	res := measure(all, runTests(), &problems)

@@ -108,7 +108,7 @@ func runTests() []test {
 // after printing what the hosts' kernels and dockerds say about them: a
 // path that carries nothing would otherwise cost a connect timeout per
 // test per round, and its report would say nothing of why.
-func reachable(ps []*path) []*path {
+func reachable(ps []*path, problems *[]string) []*path {
 	var ok []*path
 	for _, p := range ps {
 		out, err := exec.Command("nsenter", append(slices.Clone(p.cliNS), "ping", "-c", "3", "-W", "3", p.srvIP)...).CombinedOutput()
@@ -117,6 +117,7 @@ func reachable(ps []*path) []*path {
 			continue
 		}
 		fmt.Printf("\n%s: the client cannot ping %s (%v), left out of the run:\n%s\n", p.name, p.srvIP, err, strings.TrimSpace(string(out)))
+		*problems = append(*problems, fmt.Sprintf("%s left out: its client could not ping %s before the rounds (the hosts' state is printed above the tables)", p.name, p.srvIP))
 		diagnose(p)
 	}
 	return ok
@@ -133,7 +134,7 @@ func diagnose(p *path) {
 			{"ip", "xfrm", "policy"},
 			{"iptables", "-t", "mangle", "-S"},
 			{"iptables", "-S", "INPUT"},
-			{"ip", "-s", "link", "show", "eth1"},
+			{"ip", "-s", "link", "show", dataDev()},
 			{"cat", "/proc/net/xfrm_stat"},
 		} {
 			out, err := d.Host.NS.Exec(c[0], c[1:]...)

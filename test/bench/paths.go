@@ -94,7 +94,7 @@ func (p *path) vxlanDev(d *lab.Daemon) (string, error) {
 // host's namespace (and its undo).
 type lever struct {
 	name, doc string
-	target    string   // "underlay" (eth1 of each host), "vxlan" (the path's VXLAN device), "host" (commands in each host's namespace)
+	target    string   // "underlay" (each host's data link, dataDev), "vxlan" (the path's VXLAN device), "host" (commands in each host's namespace)
 	features  []string // ethtool -K arguments: feature value ...
 	cmd, undo []string // for target "host"
 	undone    []func() error
@@ -102,7 +102,7 @@ type lever struct {
 
 // levers are the ones -levers can name.
 var levers = map[string]lever{
-	"underlay-gro":     {doc: "GRO on the underlay link (eth1, a veth: off by default; a physical NIC has it on)", target: "underlay", features: []string{"gro", "on"}},
+	"underlay-gro":     {doc: "GRO on the underlay link (the hosts' data link, a veth: off by default; a physical NIC has it on)", target: "underlay", features: []string{"gro", "on"}},
 	"underlay-gro-fwd": {doc: "GRO and rx-udp-gro-forwarding on the underlay link", target: "underlay", features: []string{"gro", "on", "rx-udp-gro-forwarding", "on"}},
 	"vxlan-gro-off":    {doc: "GRO off on the VXLAN device (the kernel's default is on)", target: "vxlan", features: []string{"gro", "off"}},
 	"vxlan-gro-fwd":    {doc: "rx-udp-gro-forwarding on the VXLAN device", target: "vxlan", features: []string{"rx-udp-gro-forwarding", "on"}},
@@ -124,7 +124,7 @@ func (p *path) leverDevices() ([]ethtoolCmd, error) {
 		switch p.lever.target {
 		case "underlay":
 			ns := d.Host.NS
-			out = append(out, ethtoolCmd{run: func(args ...string) (string, error) { return ns.Exec(args[0], args[1:]...) }, dev: "eth1"})
+			out = append(out, ethtoolCmd{run: func(args ...string) (string, error) { return ns.Exec(args[0], args[1:]...) }, dev: dataDev()})
 		case "vxlan":
 			dev, err := p.vxlanDev(d)
 			if err != nil {

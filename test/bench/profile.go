@@ -91,7 +91,7 @@ func (p *path) underlayRx() rxCount {
 	case p.rxLink != nil:
 		return p.rxLink()
 	case p.daemon[1] != nil:
-		return rxStats(p.daemon[1].Host.NS.Exec("ip", "-s", "-j", "link", "show", "eth1"))
+		return rxStats(p.daemon[1].Host.NS.Exec("ip", "-s", "-j", "link", "show", dataDev()))
 	}
 	return rxCount{}
 }

@@ -33,10 +33,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vxnet/vxnet/test/qemu"
@@ -53,9 +56,10 @@ var (
 
 // guestDefaults are the settings of the run inside the guest where the
 // command line does not give them: short tests, as everything is slow
-// emulated; no waiting for a quiet machine (the guest has nothing else
-// running, and the host's own quiet is the lab lock's business); no
-// first-ping trials.
+// emulated; no waiting for a quiet machine inside the guest (it has
+// nothing else running; runQEMU waits for the host's quiet before it
+// boots and reports the host's CPU use beside the guest's); no first-ping
+// trials.
 var guestDefaults = map[string]string{
 	"rounds":     "7",
 	"seconds":    "3",
@@ -192,7 +196,23 @@ func runQEMU() (int, error) {
 		defer f.Close()
 		log = io.MultiWriter(os.Stdout, f)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *vmTimeout)
+	// Inside the guest the host's other work is invisible: wait for it
+	// here, and say how busy the host was while the guest measured.
+	if jobs := waitForQuiet(*waitQuiet); len(jobs) > 0 {
+		fmt.Printf("the host was still busy after -wait-quiet %v: %s\n", *waitQuiet, strings.Join(jobs, ", "))
+	}
+	hostCPU := readCPU()
+	defer func() {
+		use := readCPU().since(hostCPU)
+		cpuSecs := use.wall * float64(runtime.NumCPU())
+		fmt.Printf("the host, qemu included: busy %.0f%% of its %d CPUs while the guest ran; hypervisor steal %.1f%%\n",
+			100*use.busy/cpuSecs, runtime.NumCPU(), 100*use.steal/cpuSecs)
+	}()
+	// SIGINT or SIGTERM end qemu (CommandContext) and this function's
+	// cleanups, rather than leaving an orphaned guest on both CPUs.
+	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	ctx, cancel := context.WithTimeout(ctx, *vmTimeout)
 	defer cancel()
 	pr, pw := io.Pipe()
 	exit := ""
@@ -218,14 +238,17 @@ func runQEMU() (int, error) {
 	pw.Close()
 	<-done
 	fmt.Printf("\nqemu ran %v\n", time.Since(start).Round(time.Second))
+	if ctx.Err() == context.DeadlineExceeded {
+		return 0, fmt.Errorf("the guest did not finish within -vm-timeout %v: raise it, or see where the console (above, or -vm-log) stopped", *vmTimeout)
+	}
 	if ctx.Err() != nil {
-		return 0, fmt.Errorf("the guest did not finish within -vm-timeout %v", *vmTimeout)
+		return 0, fmt.Errorf("stopped by a signal: %w", context.Cause(ctx))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("qemu: %w", err)
 	}
 	if exit == "" {
-		return 0, fmt.Errorf("the guest powered off without reporting the benchmark's exit code")
+		return 0, fmt.Errorf("the guest powered off without reporting the benchmark's exit code: the console above (or -vm-log) says why")
 	}
 	var code int
 	fmt.Sscan(exit, &code)

@@ -37,6 +37,9 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 			g := c.goal(m)
 			rs := ratios(res[c.a][m.key], res[c.b][m.key], *maxSpread, g)
 			if rs.N == 0 {
+				if g != nil {
+					goals = append(goals, verdictLine{fmt.Sprintf("%s, %s/%s (goal %s)", m.label, c.a, c.b, g), "not measured: no round has both paths (a path left out? see the notes)"})
+				}
 				continue
 			}
 			gs, v := "", ""
