@@ -40,6 +40,7 @@ package main
 // pid gone) are removed at start.
 
 import (
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -341,7 +342,7 @@ func (l *dpLab) tcPrograms(d dpDesign, e dpEnds) {
 		}
 		out, in := l.fwdMap("vxdp_out"), l.fwdMap("vxdp_in")
 		vtep := ul.addr[1-i].As4()
-		if err := putFwd(out, e.addr[1-i], fwdEntry{uint32(vtep[0])<<24 | uint32(vtep[1])<<16 | uint32(vtep[2])<<8 | uint32(vtep[3]), uint32(e.vni), uint32(vx.Attrs().Index)}); err != nil {
+		if err := putFwd(out, e.addr[1-i], fwdEntry{binary.BigEndian.Uint32(vtep[:]), uint32(e.vni), uint32(vx.Attrs().Index)}); err != nil {
 			l.r.Fatalf("%v", err)
 		}
 		if err := putFwd(in, e.addr[i], fwdEntry{uint32(veth.Attrs().Index), uint32(e.vni)}); err != nil {
