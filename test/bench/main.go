@@ -45,7 +45,8 @@
 // -encrypted measures encrypted networks instead (modes.go): vxnet's and
 // the stock overlay's, and vxnet's plain network, throughput and
 // latency; -qemu runs that inside Debian's kernel under qemu, as this
-// machine's kernel has no ESP (qemu.go).
+// machine's kernel has no ESP (qemu.go); -profile there profiles inside
+// the guest and copies the records out.
 //
 // Run it as root: make bench, make bench-encrypted
 package main

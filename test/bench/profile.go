@@ -18,8 +18,9 @@ import (
 // profilePaths records, for each path, `perf record -a -g` (Debian's
 // linux-perf) over a 1-stream transfer of -profile-seconds, into dir:
 // NAME.data, and beside it NAME.sym.txt (self time by kernel or user
-// symbol), NAME.comm.txt (by command) and NAME.callers.txt (inclusive
-// time of the symbols with their callers). Sender and receiver are
+// symbol), NAME.comm.txt (by command), NAME.callers.txt (inclusive time
+// of the symbols with their callers) and NAME.stacks.txt (the symbols of
+// 1% self time or more, each with the stacks that lead to it). Sender and receiver are
 // simulated hosts on this one kernel, so the profile is system-wide: the
 // transmit path shows under the sending iperf3 process, and much of the
 // receive path does too, run as softirq when the sender's veth hands the
@@ -41,7 +42,12 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 		if err := rec.Start(); err != nil {
 			r.Fatalf("perf record: %v", err)
 		}
-		time.Sleep(500 * time.Millisecond)
+		if err := waitRecording(rec.Process.Pid, perfStartLimit); err != nil {
+			rec.Process.Kill()
+			rec.Wait()
+			fmt.Printf("%s: %v\n", p.name, err)
+			continue
+		}
 		err := p.applyLever()
 		var res iperfResult
 		rx0 := p.underlayRx()
@@ -66,6 +72,7 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 			{".sym.txt", []string{"--no-children", "--sort", "sym", "-g", "none", "--percent-limit", "0.3"}},
 			{".comm.txt", []string{"--no-children", "--sort", "comm", "-g", "none"}},
 			{".callers.txt", []string{"--children", "--sort", "sym", "-g", "caller,0.5,callee,function,percent", "--percent-limit", "2"}},
+			{".stacks.txt", []string{"--no-children", "--sort", "sym", "-g", "caller,0.5,callee,function,percent", "--percent-limit", "1"}},
 		}
 		for _, rep := range reports {
 			out, err := exec.Command("perf", append([]string{"report", "-i", data, "--stdio", "--quiet"}, rep.args...)...).Output()
@@ -80,6 +87,30 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 			}
 		}
 	}
+}
+
+// perfStartLimit bounds how long perf may take to start recording: it
+// first describes every running process, which under qemu's emulation
+// takes seconds.
+const perfStartLimit = 2 * time.Minute
+
+// waitRecording returns once the perf record of pid is recording: perf
+// starts its workload (sleep) only after it has enabled its events, and
+// the forked child is named perf-exec until then. A fixed wait is not
+// enough: under emulation perf took longer to start than the transfer
+// lasted, and recorded an idle machine.
+func waitRecording(pid int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		for _, kid := range strings.Fields(string(kids)) {
+			if comm, _ := os.ReadFile("/proc/" + kid + "/comm"); strings.TrimSpace(string(comm)) == "sleep" {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("perf record did not start recording within %v", limit)
 }
 
 type rxCount struct{ packets, bytes uint64 }

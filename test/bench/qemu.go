@@ -108,7 +108,8 @@ exec switch_root /newroot /opt/vxbench/stage2
 `
 
 // stage2 runs in the new root; %[1]s is the guest kernel's modules
-// directory as the host's root holds it.
+// directory as the host's root holds it, %[2]s what it runs after the
+// benchmark (profileOut, or nothing).
 const stage2 = `#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
 mount -t proc proc /proc
@@ -127,10 +128,30 @@ hostname vxbench
 echo "VXNET-VM-BOOTED $(uname -r), $(nproc) CPUs, $(free -m | awk '/Mem:/ {print $2}') MB"
 cd /opt/vxbench
 ./bench $(cat /opt/vxbench/args) 2>&1
-echo "VXNET-VM-EXIT bench $?"
+code=$?
+%[2]s
+echo "VXNET-VM-EXIT bench $code"
 sync
 /opt/vxbench/busybox poweroff -f
 `
+
+// With -profile the guest records and reports into guestProfileDir, on
+// its own tmpfs; profileOut then copies them to the host's -profile
+// directory, shared writable under the tag profileTag, with the guest's
+// /proc/kallsyms (for perf report --kallsyms DIR/kallsyms -i NAME.data on
+// the host: the guest's kernel is not this machine's).
+const (
+	guestProfileDir = "/tmp/vxbench-profile"
+	profileTag      = "vxprofile"
+	profileOut      = `mkdir -p /mnt/profile
+if mount -t 9p -o trans=virtio,version=9p2000.L ` + profileTag + ` /mnt/profile; then
+	cp -a ` + guestProfileDir + `/. /mnt/profile/ || echo "copying the profiles out failed"
+	cat /proc/kallsyms > /mnt/profile/kallsyms
+	umount /mnt/profile
+else
+	echo "mounting the host's -profile directory failed: the profiles stay in the guest"
+fi`
+)
 
 // runQEMU boots the guest, copies its console to stdout (and -vm-log)
 // and returns the guest run's exit code.
@@ -177,7 +198,19 @@ func runQEMU() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	im.Write("/vxbench/stage2", fmt.Appendf(nil, stage2, modDir))
+	after, share := "", qemu.ShareHostRoot()
+	if *profile != "" {
+		dir, err := filepath.Abs(*profile)
+		if err != nil {
+			return 0, err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return 0, err
+		}
+		after = profileOut
+		share = append(share, "-virtfs", "local,path="+dir+",mount_tag="+profileTag+",security_model=none")
+	}
+	im.Write("/vxbench/stage2", fmt.Appendf(nil, stage2, modDir, after))
 	im.Write("/vxbench/modules", []byte(strings.Join(guestModules, "\n")+"\n"))
 	im.Write("/vxbench/args", []byte(strings.Join(args, " ")+"\n"))
 	initrd := filepath.Join(work, "initrd.cpio")
@@ -234,7 +267,7 @@ func runQEMU() (int, error) {
 	start := time.Now()
 	// No AppArmor: dockerd would find it enabled and have runc apply a
 	// profile that no apparmor_parser loaded.
-	err = qemu.Run(ctx, k, initrd, "apparmor=0", *vmMem, *vmCPUs, pw, qemu.ShareHostRoot()...)
+	err = qemu.Run(ctx, k, initrd, "apparmor=0", *vmMem, *vmCPUs, pw, share...)
 	pw.Close()
 	<-done
 	fmt.Printf("\nqemu ran %v\n", time.Since(start).Round(time.Second))
@@ -269,6 +302,9 @@ func guestArgs() ([]string, error) {
 	}
 	for _, name := range []string{"qemu", "vm-kernel", "vm-mem", "vm-cpus", "vm-timeout", "vm-log", "encrypted", "hold", "profile"} {
 		delete(set, name)
+	}
+	if *profile != "" {
+		set["profile"] = guestProfileDir
 	}
 	for _, name := range []string{"bin", "plugin"} {
 		p, err := filepath.Abs(flag.Lookup(name).Value.String())
