@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -19,12 +20,13 @@ import (
 // linux-perf) over a 1-stream transfer of -profile-seconds, into dir:
 // NAME.data, and beside it NAME.sym.txt (self time by kernel or user
 // symbol), NAME.comm.txt (by command), NAME.callers.txt (inclusive time
-// of the symbols with their callers) and NAME.stacks.txt (the symbols of
-// 1% self time or more, each with the stacks that lead to it). Sender and receiver are
-// simulated hosts on this one kernel, so the profile is system-wide: the
-// transmit path shows under the sending iperf3 process, and much of the
-// receive path does too, run as softirq when the sender's veth hands the
-// packet over (softirq work runs on whichever CPU raised it).
+// of the symbols with their callers) and NAME.stacks.txt (the symbols
+// of 1% self time or more, each with the stacks that lead to them).
+// Sender and receiver are simulated hosts on this one kernel, so the
+// profile is system-wide: the transmit path shows under the sending
+// iperf3 process, and much of the receive path does too, run as softirq
+// when the sender's veth hands the packet over (softirq work runs on
+// whichever CPU raised it).
 func profilePaths(r *lab.Runner, dir string, ps []*path) {
 	if _, err := exec.LookPath("perf"); err != nil {
 		fmt.Println("\nprofile: no perf (Debian's linux-perf: make setup)")
@@ -37,33 +39,15 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 	for _, p := range ps {
 		name := strings.ReplaceAll(strings.ReplaceAll(p.name, " ", ""), "+", "_")
 		data := filepath.Join(dir, name+".data")
-		rec := exec.Command("perf", "record", "-a", "-g", "-F", "999", "-o", data, "--", "sleep", strconv.Itoa(*profSecs+1))
-		rec.Stdout, rec.Stderr = nil, nil
-		if err := rec.Start(); err != nil {
-			r.Fatalf("perf record: %v", err)
-		}
-		if err := waitRecording(rec.Process.Pid, perfStartLimit); err != nil {
-			rec.Process.Kill()
-			rec.Wait()
-			fmt.Printf("%s: %v\n", p.name, err)
-			continue
-		}
-		err := p.applyLever()
-		var res iperfResult
-		rx0 := p.underlayRx()
-		if err == nil {
-			res, err = iperf(p, *profSecs, 1, "")
-		}
-		rx1 := p.underlayRx()
-		p.revertLever()
-		rec.Wait()
+		res, rx, err := recordTransfer(p, data)
 		if err != nil {
+			os.Remove(data)
 			fmt.Printf("%s: %v\n", p.name, err)
 			continue
 		}
-		fmt.Printf("\n%s: %.2f Gbit/s while profiled (%.1f GB); %s\n", p.name, res.Gbps, res.GB, data)
-		if n := rx1.packets - rx0.packets; n > 0 {
-			fmt.Printf("the receiving host's underlay link received %d packets of %.0f bytes on average\n", n, float64(rx1.bytes-rx0.bytes)/float64(n))
+		fmt.Printf("\n%s: %.2f Gbit/s while profiled (%.3f GB); %s\n", p.name, res.Gbps, res.GB, data)
+		if rx.packets > 0 {
+			fmt.Printf("the receiving host's underlay link received %d packets of %.0f bytes on average\n", rx.packets, float64(rx.bytes)/float64(rx.packets))
 		}
 		reports := []struct {
 			file string
@@ -91,17 +75,70 @@ func profilePaths(r *lab.Runner, dir string, ps []*path) {
 
 // perfStartLimit bounds how long perf may take to start recording: it
 // first describes every running process, which under qemu's emulation
-// takes seconds.
-const perfStartLimit = 2 * time.Minute
+// takes seconds. perf is stopped when the transfer ends; should the
+// benchmark be gone by then, its workload (sleep) ends it perfTailLimit
+// after the longest start and transfer.
+const (
+	perfStartLimit = 2 * time.Minute
+	perfTailLimit  = time.Minute
+)
+
+// recordTransfer runs `perf record -a -g` into data over one 1-stream
+// transfer of -profile-seconds on p (its lever applied), from the moment
+// perf records until the transfer ends, and returns the transfer's result
+// and what the receiving host's underlay received meanwhile. The
+// machine's background is not measured first (-background is skipped):
+// the record would hold that idle second too.
+func recordTransfer(p *path, data string) (iperfResult, rxCount, error) {
+	var stderr bytes.Buffer
+	secs := *profSecs + int((perfStartLimit+perfTailLimit)/time.Second)
+	rec := exec.Command("perf", "record", "-a", "-g", "-F", "999", "-o", data, "--", "sleep", strconv.Itoa(secs))
+	rec.Stderr = &stderr
+	if err := rec.Start(); err != nil {
+		return iperfResult{}, rxCount{}, fmt.Errorf("perf record: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- rec.Wait() }()
+	stop := func() {
+		rec.Process.Signal(os.Interrupt) // perf writes the record and ends its workload
+		<-exited
+	}
+	if err := waitRecording(rec.Process.Pid, perfStartLimit, exited); err != nil {
+		stop()
+		return iperfResult{}, rxCount{}, fmt.Errorf("%w: %s", err, tail(stderr.Bytes()))
+	}
+	if err := p.applyLever(); err != nil {
+		stop()
+		p.revertLever()
+		return iperfResult{}, rxCount{}, err
+	}
+	bg := *bgTime
+	*bgTime = 0
+	rx0 := p.underlayRx()
+	res, err := iperf(p, *profSecs, 1, "")
+	rx1 := p.underlayRx()
+	stop()
+	*bgTime = bg
+	p.revertLever()
+	return res, rxCount{rx1.packets - rx0.packets, rx1.bytes - rx0.bytes}, err
+}
 
 // waitRecording returns once the perf record of pid is recording: perf
 // starts its workload (sleep) only after it has enabled its events, and
 // the forked child is named perf-exec until then. A fixed wait is not
 // enough: under emulation perf took longer to start than the transfer
-// lasted, and recorded an idle machine.
-func waitRecording(pid int, limit time.Duration) error {
+// lasted, and recorded an idle machine. It reads the kernel's list of
+// pid's children (CONFIG_PROC_CHILDREN, which Debian's kernels have) and
+// gives up when perf has exited (exited fires; its value is put back).
+func waitRecording(pid int, limit time.Duration, exited chan error) error {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			exited <- err
+			return fmt.Errorf("perf record ended before recording (%v)", err)
+		default:
+		}
 		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 		for _, kid := range strings.Fields(string(kids)) {
 			if comm, _ := os.ReadFile("/proc/" + kid + "/comm"); strings.TrimSpace(string(comm)) == "sleep" {

@@ -202,13 +202,14 @@ func runQEMU() (int, error) {
 	if *profile != "" {
 		dir, err := filepath.Abs(*profile)
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("-profile %s: %w", *profile, err)
 		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return 0, err
+			return 0, fmt.Errorf("-profile: %w", err)
 		}
 		after = profileOut
-		share = append(share, "-virtfs", "local,path="+dir+",mount_tag="+profileTag+",security_model=none")
+		// qemu's option syntax escapes a comma by doubling it.
+		share = append(share, "-virtfs", "local,path="+strings.ReplaceAll(dir, ",", ",,")+",mount_tag="+profileTag+",security_model=none")
 	}
 	im.Write("/vxbench/stage2", fmt.Appendf(nil, stage2, modDir, after))
 	im.Write("/vxbench/modules", []byte(strings.Join(guestModules, "\n")+"\n"))
