@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"regexp"
@@ -19,6 +20,19 @@ func vxnetCmd(h *lab.Host, args ...string) (string, int) {
 	full := append([]string{args[0], "--socket", h.Socket}, args[1:]...)
 	out, err := exec.Command(vxnetBin, full...).CombinedOutput()
 	return string(out), exitCode(err)
+}
+
+// waitSerfAlive waits until `vxnet status` on h lists member as a live
+// serf member at its underlay address and serf's port, 7947.
+func waitSerfAlive(t *testing.T, h, member *lab.Host) {
+	t.Helper()
+	alive := regexp.MustCompile(regexp.QuoteMeta(member.Name) + `\s+` + regexp.QuoteMeta(net.JoinHostPort(member.Addr, "7947")) + `\s+alive`)
+	eventually(t, member.Name+" a serf member alive on "+h.Name, func() error {
+		if out, _ := vxnetCmd(h, "status"); !alive.MatchString(out) {
+			return fmt.Errorf("vxnet status on %s:\n%s", h.Name, out)
+		}
+		return nil
+	})
 }
 
 // exitCode is a command's exit code from its error: 0 for nil, -1 if it
@@ -78,13 +92,7 @@ func TestStatusPeersAndCheck(t *testing.T) {
 			t.Errorf("vxnet status (exit %d) lacks %q:\n%s", code, want, out)
 		}
 	}
-	eventually(t, "both serf members alive", func() error {
-		out, _ := vxnetCmd(h1, "status")
-		if !regexp.MustCompile(`h2\s+192.0.2.12:7947\s+alive`).MatchString(out) {
-			return fmt.Errorf("vxnet status:\n%s", out)
-		}
-		return nil
-	})
+	waitSerfAlive(t, h1, h2)
 	eventually(t, "peers programmed", func() error {
 		out, _ = vxnetCmd(h1, "peers", nid)
 		if strings.Count(out, " yes") != 2 || !strings.Contains(out, c1.IP) || !strings.Contains(out, "local") {

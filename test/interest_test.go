@@ -72,12 +72,7 @@ func TestAHostHearsOnlyTheNetworksItUses(t *testing.T) {
 	// Gossip goes to serf members: wait until h2, the sender, has h1 as one
 	// (the hosts start together and join with retries; under load it took
 	// about 3 s in a CI run).
-	eventually(t, "h1 a serf member alive on h2", func() error {
-		if out, _ := vxnetCmd(h2, "status"); !regexp.MustCompile(`h1\s+192.0.2.11:7947\s+alive`).MatchString(out) {
-			return fmt.Errorf("vxnet status on h2:\n%s", out)
-		}
-		return nil
-	})
+	waitSerfAlive(t, h2, h1)
 	// Churn on a: ten containers come and go on h2.
 	before1, before3 := peerEvents(t, h1), peerEvents(t, h3)
 	const churn = 10
