@@ -57,6 +57,13 @@ type cpuUse struct {
 	wall, busy, steal float64 // seconds; busy and steal summed over CPUs
 }
 
+// percent is busy and steal as percentages of the machine's CPU time
+// over the interval (wall time on every CPU).
+func (u cpuUse) percent() (busy, steal float64) {
+	cpuSecs := u.wall * float64(runtime.NumCPU())
+	return 100 * u.busy / cpuSecs, 100 * u.steal / cpuSecs
+}
+
 func (c cpuTimes) since(o cpuTimes) cpuUse {
 	wall := c.at.Sub(o.at).Seconds()
 	return cpuUse{wall: wall, busy: wall*float64(runtime.NumCPU()) - (c.idle - o.idle), steal: c.steal - o.steal}

@@ -237,10 +237,9 @@ func runQEMU() (int, error) {
 	}
 	hostCPU := readCPU()
 	defer func() {
-		use := readCPU().since(hostCPU)
-		cpuSecs := use.wall * float64(runtime.NumCPU())
+		busy, steal := readCPU().since(hostCPU).percent()
 		fmt.Printf("the host, qemu included: busy %.0f%% of its %d CPUs while the guest ran; hypervisor steal %.1f%%\n",
-			100*use.busy/cpuSecs, runtime.NumCPU(), 100*use.steal/cpuSecs)
+			busy, runtime.NumCPU(), steal)
 	}()
 	// SIGINT or SIGTERM end qemu (CommandContext) and this function's
 	// cleanups, rather than leaving an orphaned guest on both CPUs.

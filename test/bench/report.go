@@ -86,9 +86,9 @@ func report(all []*path, res results, elapsed time.Duration, cpu cpuUse, problem
 func runFacts(elapsed time.Duration, cpu cpuUse, problems []string) {
 	fmt.Printf("iperf3 tests %d s, request/response tests %g s, fixed rate %s; measuring took %v; load after %s\n",
 		*secs, *rrSecs, *rate, elapsed.Round(time.Second), loadavg())
-	cpuSecs := cpu.wall * float64(runtime.NumCPU())
+	busy, steal := cpu.percent()
 	fmt.Printf("machine busy %.0f%% of %d CPUs over the rounds; hypervisor steal %.1f%% of CPU time\n",
-		100*cpu.busy/cpuSecs, runtime.NumCPU(), 100*cpu.steal/cpuSecs)
+		busy, runtime.NumCPU(), steal)
 	for _, p := range problems {
 		fmt.Println("note:", p)
 	}
